@@ -1,0 +1,200 @@
+"""The plugin contract: everything a method plugin imports from the core.
+
+A plugin sees training data through `TrainView` and is judged through `recommend` (and `score` where it has one).
+Nothing reachable from a `TrainView` holds test targets: the protocol keeps them with the evaluator.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from harness.errors import BudgetExceeded, NonFiniteLoss
+
+__all__ = [
+    "Method", "TrainView", "TopK", "Budget", "EarlyStopping", "check_finite", "register",
+    "BudgetExceeded", "NonFiniteLoss", "pad_histories",
+]
+
+
+@dataclass
+class TopK:
+    """Top-k lists for a batch of users: catalogue item ids `[B, k]` (int64, -1 = no item) and scores `[B, k]`."""
+
+    items: torch.Tensor
+    scores: torch.Tensor
+
+
+class Budget:
+    """Training budget: wall-clock seconds and an optional epoch cap.
+
+    Plugins poll `exhausted()` in their loops and stop cleanly; the harness also stops a plugin that does not
+    (shortly after the deadline) and records the run as `over_budget`.
+    """
+
+    def __init__(self, seconds: float | None = None, max_epochs: int | None = None):
+        self.seconds = seconds
+        self.max_epochs = max_epochs
+        self._start: float | None = None
+        self.epochs_done = 0
+
+    def start(self) -> None:
+        self._start = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return 0.0 if self._start is None else time.monotonic() - self._start
+
+    @property
+    def remaining(self) -> float:
+        return math.inf if self.seconds is None else max(0.0, self.seconds - self.elapsed)
+
+    def exhausted(self) -> bool:
+        return self.seconds is not None and self.elapsed >= self.seconds
+
+    def epochs(self, default: int) -> int:
+        """The number of epochs to plan for: the plugin's own cap, limited by the budget's cap."""
+        return default if self.max_epochs is None else min(default, self.max_epochs)
+
+    def epoch_done(self) -> None:
+        self.epochs_done += 1
+
+    def describe(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "max_epochs": self.max_epochs}
+
+
+class TrainView:
+    """What a plugin may see while fitting.
+
+    - `sequences`: one int64 array per user, that user's training items in chronological order (catalogue ids 0..n_items-1)
+    - `items`: the item table (`item_id` = raw id, text fields, `attrs`), row i describes catalogue item i
+    - `text_fields`: the dataset card's fields that make an item's text
+    - `validate(method)`: validation metrics computed by the harness on the validation targets
+    - `device`, `seed`, `work_dir` (a folder the plugin may write caches to)
+    """
+
+    def __init__(self, sequences: list[np.ndarray], n_items: int, items: pd.DataFrame, text_fields: Sequence[str],
+                 validate: Callable[["Method"], dict[str, float]], device: torch.device, seed: int,
+                 work_dir: Path, dataset: str):
+        self.sequences = sequences
+        self.n_items = n_items
+        self.n_users = len(sequences)
+        self.items = items
+        self.text_fields = list(text_fields)
+        self.validate = validate
+        self.device = device
+        self.seed = seed
+        self.work_dir = work_dir
+        self.dataset = dataset
+
+    def item_text(self) -> list[str]:
+        fields = [f for f in self.text_fields if f in self.items.columns]
+        return [" ".join(str(row[f]) for f in fields if row[f]) for _, row in self.items.iterrows()]
+
+    def item_counts(self) -> np.ndarray:
+        """How often each item occurs in the training sequences."""
+        flat = np.concatenate(self.sequences) if self.sequences else np.zeros(0, dtype=np.int64)
+        return np.bincount(flat, minlength=self.n_items)
+
+
+class Method:
+    """Base class of every method plugin.
+
+    Subclasses set the class attributes and implement `fit` and `recommend`; `score` and `diagnostics` are optional.
+    `config` holds the resolved configuration (defaults from the YAML beside the plugin, overridden by `--set`).
+    """
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    needs: ClassVar[tuple[str, ...]] = ()
+    default_config: ClassVar[dict[str, Any]] = {}
+    search_space: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, config: dict[str, Any] | None = None):
+        self.config = {**copy.deepcopy(self.default_config), **(config or {})}
+
+    def fit(self, train: TrainView, budget: Budget) -> None:
+        raise NotImplementedError
+
+    def recommend(self, histories: list[np.ndarray], k: int) -> TopK:
+        """Top-k items for each history. The default ranks the full catalogue by `score`."""
+        if not self.has_score():
+            raise NotImplementedError(f"method {self.name!r} implements neither recommend() nor score()")
+        scores = self.score(histories, None)
+        top = torch.topk(scores, k=min(k, scores.shape[1]), dim=1)
+        return TopK(items=top.indices.long(), scores=top.values)
+
+    def score(self, histories: list[np.ndarray], items: torch.Tensor | None = None) -> torch.Tensor:
+        """Pointwise scores `[B, n_items]` for the full catalogue (items=None) or `[B, len(items)]`."""
+        raise NotImplementedError
+
+    def diagnostics(self) -> dict[str, Any]:
+        return {}
+
+    def parameters_count(self) -> int:
+        """Trainable parameters, found on any torch module attribute."""
+        total = 0
+        for value in vars(self).values():
+            if isinstance(value, torch.nn.Module):
+                total += sum(p.numel() for p in value.parameters())
+        return total
+
+    @classmethod
+    def has_score(cls) -> bool:
+        return cls.score is not Method.score
+
+
+def check_finite(loss: torch.Tensor, step: int | None = None) -> None:
+    """Stop training with a clear reason when the loss is NaN or infinite."""
+    if not torch.isfinite(loss).all():
+        where = "" if step is None else f" at step {step}"
+        raise NonFiniteLoss(f"non-finite loss ({loss.item()}){where}")
+
+
+def pad_histories(histories: Sequence[np.ndarray], max_len: int, offset: int = 1) -> torch.Tensor:
+    """Left-pad the last `max_len` items of each history into `[B, max_len]`, item i stored as i + offset (0 = pad)."""
+    out = torch.zeros(len(histories), max_len, dtype=torch.long)
+    for row, hist in enumerate(histories):
+        tail = np.asarray(hist[-max_len:], dtype=np.int64)
+        if len(tail):
+            out[row, max_len - len(tail):] = torch.from_numpy(tail) + offset
+    return out
+
+
+class EarlyStopping:
+    """Keeps the best state seen on a validation metric and says when patience has run out."""
+
+    def __init__(self, metric: str = "ndcg@10", patience: int = 5):
+        self.metric = metric
+        self.patience = patience
+        self.best = -math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_rounds = 0
+
+    def update(self, metrics: dict[str, float], module: torch.nn.Module) -> bool:
+        """Record one validation result; returns True when training should stop."""
+        value = metrics[self.metric]
+        if value > self.best:
+            self.best = value
+            self.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            self.bad_rounds = 0
+        else:
+            self.bad_rounds += 1
+        return self.bad_rounds >= self.patience
+
+    def restore(self, module: torch.nn.Module) -> None:
+        if self.best_state is not None:
+            module.load_state_dict(self.best_state)
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Decorator for built-in plugins (third-party packages use the `harness.methods` entry-point group)."""
+    from harness.registry import register_builtin
+    return register_builtin(cls)
