@@ -21,6 +21,7 @@ class SASRecNet(nn.Module):
                  ffn_mult: int = 4):
         super().__init__()
         self.heads = heads
+        self.max_len = max_len
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)  # id 0 = padding
         self.pos_emb = nn.Embedding(max_len, hidden)
         self.input_norm = nn.LayerNorm(hidden)
@@ -35,7 +36,8 @@ class SASRecNet(nn.Module):
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """seq [B, L] of item ids + 1 (0 = pad, left-padded) → hidden states [B, L, d]."""
         batch, length = seq.shape
-        positions = torch.arange(length, device=seq.device)
+        # Histories are right-aligned: the last item always sits at position max_len - 1, however a batch is cropped.
+        positions = torch.arange(self.max_len - length, self.max_len, device=seq.device)
         x = self.dropout(self.input_norm(self.item_emb(seq) + self.pos_emb(positions)))
         # Causal mask plus padded keys; every position may always see itself (no fully masked rows).
         blocked = torch.triu(torch.ones(length, length, dtype=torch.bool, device=seq.device), diagonal=1)
@@ -66,17 +68,18 @@ class SASRec(Method):
                              cfg["dropout"]).to(self.device)
         optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         inputs, targets = self._training_pairs(train.sequences)
+        lengths = (inputs > 0).sum(dim=1)
         generator = torch.Generator().manual_seed(train.seed)
         stopper = EarlyStopping(cfg["valid_metric"], cfg["patience"])
         step = 0
         for epoch in range(budget.epochs(int(cfg["epochs"]))):
             self.net.train()
-            order = torch.randperm(len(inputs), generator=generator)
-            for start in range(0, len(order), cfg["batch_size"]):
+            for idx in self._batches(lengths, cfg["batch_size"], generator):
                 if budget.exhausted():
                     break
-                idx = order[start:start + cfg["batch_size"]]
-                loss = self._loss(inputs[idx].to(self.device), targets[idx].to(self.device), generator)
+                width = int(lengths[idx].max())
+                loss = self._loss(inputs[idx, -width:].to(self.device), targets[idx, -width:].to(self.device),
+                                  generator)
                 check_finite(loss, step)
                 optimizer.zero_grad()
                 loss.backward()
@@ -91,6 +94,17 @@ class SASRec(Method):
                     break
         stopper.restore(self.net)
         self.net.eval()
+
+    @staticmethod
+    def _batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator, pool: int = 32):
+        """Shuffled batches of similar length (sorted within pools of `pool` batches), so padding is cropped away."""
+        order = torch.randperm(len(lengths), generator=generator)
+        batches = []
+        for start in range(0, len(order), batch_size * pool):
+            chunk = order[start:start + batch_size * pool]
+            chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+            batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+        return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
 
     def _training_pairs(self, sequences: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Input seq[:-1] → target seq[1:] at every position, the last `max_len` steps, left-padded."""
@@ -116,7 +130,9 @@ class SASRec(Method):
 
     @torch.no_grad()
     def score(self, histories: list[np.ndarray], items: torch.Tensor | None = None) -> torch.Tensor:
-        seq = pad_histories(histories, self.max_len).to(self.device)
+        seq = pad_histories(histories, self.max_len)
+        width = max(1, int((seq > 0).sum(dim=1).max()))
+        seq = seq[:, -width:].to(self.device)
         last = self.net(seq)[:, -1]
         scores = self.net.item_logits(last)
         if items is not None:

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness import registry
+from harness.data.cards import PROJECT_ROOT
+from harness.protocol import RunSpec
+from harness.store import RunStore
+
+SHARED = PROJECT_ROOT.parent / "shared" / "datasets"
+# Small synthetic data so a full SASRec run takes seconds.
+TINY = {"n_users": 300, "n_items": 120, "n_topics": 4}
+
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real datasets not found at {SHARED}")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RunStore:
+    return RunStore(runs_dir=tmp_path / "runs")
+
+
+@pytest.fixture
+def tiny_spec():
+    def make(method: str, **kwargs) -> RunSpec:
+        kwargs.setdefault("dataset_options", dict(TINY))
+        kwargs.setdefault("latency_users", 10)
+        return RunSpec(method=method, dataset="synthetic", **kwargs)
+    return make
+
+
+@pytest.fixture
+def plugin():
+    """Register a test-only method class for the duration of a test."""
+    added = []
+
+    def add(cls):
+        registry.register_builtin(cls)
+        added.append(cls.name)
+        return cls
+    yield add
+    for name in added:
+        registry._BUILTINS.pop(name, None)

@@ -1,0 +1,213 @@
+"""The protocol runner: records, determinism, budgets, failures, and no path from a plugin to test targets."""
+import math
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from harness.api import Method, check_finite
+from harness.errors import ConfigError, HarnessError
+from harness.protocol import run
+
+FAST_SASREC = {"epochs": 30, "patience": 3}
+
+
+def test_sasrec_beats_pop_and_the_record_is_complete(tiny_spec, store):
+    pop = run(tiny_spec("pop"), store)
+    sasrec = run(tiny_spec("sasrec", overrides=FAST_SASREC), store)
+    assert pop["status"] == sasrec["status"] == "ok"
+    assert sasrec["metrics"]["test"]["recall@10"] > pop["metrics"]["test"]["recall@10"] + 0.1
+    assert pop["split_id"] == sasrec["split_id"]
+    for key in ("run_id", "method_config", "method_config_hash", "dataset", "split_id", "seed", "budget", "used",
+                "metrics", "diagnostics", "latency", "params", "peak_memory", "versions", "git_sha", "hardware",
+                "metric_version", "protocol_version", "started_at", "finished_at"):
+        assert key in sasrec, key
+    assert sasrec["params"] > 0 and sasrec["used"]["epochs"] >= 1
+    assert {"p50_ms", "p95_ms", "p99_ms", "users_per_s"} <= set(sasrec["latency"])
+    assert sasrec["curves"]["validation"], "validation curve recorded"
+    per_user = store.per_user(sasrec["run_id"])
+    assert per_user["test"]["recall@10"].mean() == pytest.approx(sasrec["metrics"]["test"]["recall@10"])
+    assert len(per_user["test"]["ndcg@10"]) == sasrec["eval"]["users"]
+    assert store.get(sasrec["run_id"])["status"] == "ok"
+
+
+def test_same_seed_gives_identical_metrics(tiny_spec, store):
+    first = run(tiny_spec("sasrec", seed=3, overrides={"epochs": 4}), store)
+    second = run(tiny_spec("sasrec", seed=3, overrides={"epochs": 4}), store)
+    assert first["metrics"] == second["metrics"]
+    other = run(tiny_spec("sasrec", seed=4, overrides={"epochs": 4}), store)
+    assert other["metrics"] != first["metrics"]
+
+
+def test_bce_loss_trains(tiny_spec, store):
+    record = run(tiny_spec("sasrec", overrides={"loss": "bce", "epochs": 5}), store)
+    assert record["status"] == "ok" and record["method_config"]["loss"] == "bce"
+
+
+def test_unknown_config_key_is_rejected_before_running(tiny_spec, store):
+    with pytest.raises(ConfigError, match="no config key"):
+        run(tiny_spec("sasrec", overrides={"lossy": "ce"}), store)
+    assert store.records() == []
+
+
+class Sleeper(Method):
+    """Ignores its budget."""
+    name = "test-sleeper"
+
+    def fit(self, train, budget):
+        while True:
+            time.sleep(0.01)
+
+    def score(self, histories, items=None):
+        return torch.zeros(len(histories), 10)
+
+
+class Polite(Method):
+    """Stops when its budget is exhausted."""
+    name = "test-polite"
+
+    def fit(self, train, budget):
+        self.n = train.n_items
+        while not budget.exhausted():
+            time.sleep(0.01)
+
+    def score(self, histories, items=None):
+        return torch.randn(len(histories), self.n)
+
+
+def test_budget_is_enforced_from_outside(tiny_spec, store, plugin):
+    plugin(Sleeper)
+    start = time.monotonic()
+    record = run(tiny_spec("test-sleeper", budget_seconds=0.5), store)
+    assert record["status"] == "over_budget" and "stopped by the harness" in record["failure"]
+    assert time.monotonic() - start < 10
+    assert record["metrics"] == {}
+
+
+def test_a_plugin_that_respects_the_budget_is_ok(tiny_spec, store, plugin):
+    plugin(Polite)
+    record = run(tiny_spec("test-polite", budget_seconds=0.5), store)
+    assert record["status"] == "ok"
+    assert 0.5 <= record["used"]["train_seconds"] < 2.0
+
+
+class Raiser(Method):
+    name = "test-raiser"
+
+    def fit(self, train, budget):
+        raise RuntimeError("boom in fit")
+
+
+class NaNLoss(Method):
+    name = "test-nanloss"
+
+    def fit(self, train, budget):
+        check_finite(torch.tensor(float("nan")), step=7)
+
+
+class NaNScores(Method):
+    name = "test-nanscores"
+
+    def fit(self, train, budget):
+        self.n = train.n_items
+
+    def score(self, histories, items=None):
+        return torch.full((len(histories), self.n), float("nan"))
+
+
+@pytest.mark.parametrize("cls, reason", [(Raiser, "RuntimeError in fit: boom in fit"),
+                                         (NaNLoss, "NonFiniteLoss: non-finite loss (nan) at step 7"),
+                                         (NaNScores, "NaN scores")])
+def test_plugin_failures_become_failed_records(cls, reason, tiny_spec, store, plugin):
+    plugin(cls)
+    record = run(tiny_spec(cls.name), store)
+    assert record["status"] == "failed" and reason in record["failure"]
+    assert [r["status"] for r in store.records()] == ["failed"]
+
+
+def test_unknown_method_names_the_available_ones(tiny_spec, store):
+    with pytest.raises(HarnessError, match="unknown method 'nope'.*sasrec"):
+        run(tiny_spec("nope"), store)
+
+
+# --- no reach to test targets -------------------------------------------------------------------------------------
+
+def reachable_content(root, seen=None, depth=0):
+    """Digest every piece of data reachable from `root` through attributes, containers, closures and bound methods
+    (not module globals). Run-specific values that carry no data (paths, floats such as timers) are skipped."""
+    seen = set() if seen is None else seen
+    if id(root) in seen or depth > 12 or isinstance(root, (type, types.ModuleType, Path, float)):
+        return []
+    seen.add(id(root))
+    if isinstance(root, (int, str, bytes, bool, np.integer)):
+        return [repr(root)]
+    if isinstance(root, np.ndarray):
+        return [root.tobytes().hex()]
+    if isinstance(root, torch.Tensor):
+        return [root.cpu().numpy().tobytes().hex()]
+    if isinstance(root, pd.DataFrame):
+        return [pd.util.hash_pandas_object(root.astype(str)).to_numpy().tobytes().hex()]
+    out = []
+    children = []
+    if isinstance(root, dict):
+        children = [*root.keys(), *root.values()]
+    elif isinstance(root, (list, tuple, set, frozenset)):
+        children = list(root)
+    if isinstance(root, types.MethodType):
+        children += [root.__self__, root.__func__]
+    if isinstance(root, types.FunctionType) and root.__closure__:
+        children += [cell.cell_contents for cell in root.__closure__]
+    if hasattr(root, "__dict__") and not isinstance(root, types.FunctionType):
+        children.append(vars(root))
+    for child in children:
+        out += reachable_content(child, seen, depth + 1)
+    return out
+
+
+class Snoop(Method):
+    """Collects everything reachable from its TrainView, and recommends from a hash of it."""
+    name = "test-snoop"
+
+    def fit(self, train, budget):
+        content = reachable_content(train)
+        self.digest = hash("".join(content))
+        self.n = train.n_items
+        self.found_targets = [t for t in getattr(self, "targets_to_find", []) if any(t in c for c in content)]
+
+    def score(self, histories, items=None):
+        g = torch.Generator().manual_seed(abs(self.digest) % 2**31)
+        return torch.rand(len(histories), self.n, generator=g)
+
+    def diagnostics(self):
+        return {"digest": self.digest}
+
+
+def test_trainview_holds_nothing_derived_from_test_targets(tmp_path, store, plugin):
+    """Two datasets that differ only in every user's last (test) item: the plugin sees identical inputs."""
+    from test_data import s3rec_files, write_card
+    rng = np.random.default_rng(0)
+    base = [list(rng.integers(1, 40, size=rng.integers(4, 9))) for _ in range(60)]
+    cards = []
+    for variant in range(2):
+        root = tmp_path / f"v{variant}"
+        # catalogue ids 1..40 all appear in training positions; only the last item changes between variants
+        seqs = [s[:-1] + [int((s[-1] + 17 * variant) % 40) + 1] for s in base]
+        seqs[0] = list(range(1, 41)) + seqs[0]
+        path = s3rec_files(root, seqs)
+        folder = tmp_path / f"cards{variant}"
+        folder.mkdir()
+        cards.append((write_card(folder, "leak", "s3rec", {"sequences": path}, root), root))
+    plugin(Snoop)
+    from harness.protocol import RunSpec
+    records = [run(RunSpec(method="test-snoop", dataset=str(card), data_dir=str(root), latency_users=5), store)
+               for card, root in cards]
+    assert records[0]["split_id"] != records[1]["split_id"]
+    assert records[0]["diagnostics"]["digest"] == records[1]["diagnostics"]["digest"]
+    assert records[0]["status"] == records[1]["status"] == "ok"
+    # identical inputs + same seed → identical recommendations, so identical metrics would follow for equal targets
+    per_user = [store.per_user(r["run_id"])["valid"]["recall@50"] for r in records]
+    np.testing.assert_array_equal(per_user[0], per_user[1])
