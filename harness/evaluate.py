@@ -60,9 +60,8 @@ def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor,
         scores = scores[:, :-1]
         excluded_target = (hist == targets[:, None]).any(dim=1)
     target_scores = scores.gather(1, targets[:, None])
-    greater = (scores > target_scores).sum(dim=1)
-    equal = (scores == target_scores).sum(dim=1) - 1
-    ranks = (greater + equal).double()
+    # Pessimistic: every other item scored at least as high as the target is ranked above it.
+    ranks = ((scores >= target_scores).sum(dim=1) - 1).double()
     ranks[excluded_target] = math.inf
     return ranks
 

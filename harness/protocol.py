@@ -74,6 +74,8 @@ class Validator:
                                  self._exclude, desc="validate")
         self.curve.append({"call": len(self.curve) + 1, "elapsed_s": round(time.monotonic() - self._start, 3),
                            **{k: round(v, 6) for k, v in result.metrics.items()}})
+        log.info("validation %d at %.0fs: recall@10 %.4f ndcg@10 %.4f", len(self.curve), self.curve[-1]["elapsed_s"],
+                 result.metrics.get("recall@10", float("nan")), result.metrics.get("ndcg@10", float("nan")))
         return result.metrics
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from harness.api import Budget, EarlyStopping, Method, TrainView, check_finite, pad_histories, register
 
@@ -72,7 +73,7 @@ class SASRec(Method):
         generator = torch.Generator().manual_seed(train.seed)
         stopper = EarlyStopping(cfg["valid_metric"], cfg["patience"])
         step = 0
-        for epoch in range(budget.epochs(int(cfg["epochs"]))):
+        for epoch in tqdm(range(budget.epochs(int(cfg["epochs"]))), desc="sasrec epochs", leave=False, disable=None):
             self.net.train()
             for idx in self._batches(lengths, cfg["batch_size"], generator):
                 if budget.exhausted():
