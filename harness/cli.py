@@ -34,9 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train and evaluate one method on one dataset (one seed) and store the record",
                          description="One run = method × dataset × seed × budget → a stored run record.")
     run.add_argument("--method", required=True, help="registered method name (see `harness methods`)")
-    run.add_argument("--dataset", default="synthetic", help="dataset card name or path to a card .yaml "
-                     "(default: synthetic, generated in-process)")
-    run.add_argument("--seed", type=int, default=0, help="seed for init, data order and sampling (default 0)")
+    run.add_argument("--dataset", default=None, help="dataset card name or path to a card .yaml "
+                     "(default: synthetic, or every dataset of --track)")
+    run.add_argument("--seed", type=int, default=None, help="seed for init, data order and sampling (default 0)")
+    run.add_argument("--seeds", default=None, help="several seeds: a count (5 → 0..4) or a list (0,1,2); run in "
+                     "parallel processes where cores and memory allow; seeds with an ok record are skipped")
+    run.add_argument("--jobs", type=int, default=None, help="parallel processes for --seeds (default: by cores/memory)")
+    run.add_argument("--force", action="store_true", help="with --seeds: rerun seeds that already have ok records")
     run.add_argument("--budget", default=None, help="training wall-clock budget, e.g. 90s, 20m, 1h (default: none)")
     run.add_argument("--epochs", type=int, default=None, help="cap on training epochs")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -45,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a dataset option, e.g. --data-set n_users=300 for synthetic")
     run.add_argument("--exclude-history", action="store_true",
                      help="exclude history items from ranking (a protocol parameter; default: not excluded)")
-    run.add_argument("--ks", type=_ks, default=[5, 10, 20, 50], help="metric cut-offs (default 5,10,20,50)")
-    run.add_argument("--track", default=None, help="track name recorded with the run")
-    run.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1 ...")
+    run.add_argument("--ks", type=_ks, default=None, help="metric cut-offs (default 5,10,20,50 or the track's)")
+    run.add_argument("--track", default=None, help="run under a track's pins (datasets, protocol, budget, device, "
+                     "cut-offs, seeds, method sizes); see leaderboards/tracks/")
+    run.add_argument("--device", default=None, help="auto (GPU if present; the default), cpu, cuda, cuda:1 ...")
     run.add_argument("--data-dir", default=None, help="data root (default: $HARNESS_DATA_DIR, "
                      "../shared/datasets, ~/.cache/gr-harness)")
     run.add_argument("--store", default=None, help="SQLAlchemy URL of the run store (default sqlite:///runs/harness.db)")
@@ -67,29 +72,221 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--base-url", default=None, help="mirror serving <repo>/<commit>/<path> (default: GitHub raw)")
 
     sub.add_parser("methods", help="list registered method plugins with their paper and needs")
+
+    def board_args(p, dataset_required=True):
+        p.add_argument("--track", default=None, help="track of the records (default: any)")
+        p.add_argument("--dataset", required=dataset_required, help="dataset of the records")
+        p.add_argument("--store", default=None, help="SQLAlchemy URL of the run store")
+        p.add_argument("--runs-dir", default=None, help="folder of run directories (default: runs/)")
+        p.add_argument("--no-published", action="store_true", help="ignore the published leaderboards/ records")
+        p.add_argument("--no-store", action="store_true", help="ignore the local run store")
+        p.add_argument("--include-stale", action="store_true", help="include records of older metric/protocol versions")
+        p.add_argument("--correction", default="holm", choices=["holm", "bh", "none"], help="multiple comparisons")
+        p.add_argument("--alpha", type=float, default=0.05, help="significance level for ties (default 0.05)")
+        p.add_argument("--format", default="plain", choices=["plain", "md", "csv", "json", "latex"])
+
+    compare = sub.add_parser("compare", help="paired statistics of methods against the best on one dataset",
+                             description="Per-user metric arrays averaged over seeds; Wilcoxon, paired t, paired "
+                             "bootstrap CI, seed-level Welch; corrected across the table; ties with the best.")
+    board_args(compare)
+    compare.add_argument("--methods", default=None, help="comma-separated methods or row labels (default: all)")
+    compare.add_argument("--metric", default=None, help="metric (default: the track's primary metric or ndcg@10)")
+    compare.add_argument("--test", default="wilcoxon", choices=["wilcoxon", "ttest", "bootstrap"],
+                         help="the paired test that decides ties (default wilcoxon)")
+
+    board = sub.add_parser("leaderboard", help="the leaderboard table of a track and dataset")
+    board_args(board)
+
+    export = sub.add_parser("export", help="write leaderboards/<track>/<dataset>.jsonl + per-user ranks + table")
+    board_args(export, dataset_required=False)
+    export.add_argument("--out", default=None, help="output folder (default: leaderboards/)")
+
+    tune = sub.add_parser("tune", help="Optuna tuning on validation, then the best config over the track's seeds",
+                          description="TPE over the plugin's search space; objective on validation only; defaults "
+                          "enqueued first; median pruning on intermediate validation metrics.")
+    tune.add_argument("--method", required=True)
+    tune.add_argument("--track", required=True)
+    tune.add_argument("--dataset", required=True)
+    tune.add_argument("--trials", type=int, default=None, help="finished trials in the study (default: the track's)")
+    tune.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///runs/optuna.db); share "
+                      "it between workers on several machines, e.g. postgresql://...")
+    tune.add_argument("--study", default=None, help="study name (default: method--dataset--track--metric)")
+    tune.add_argument("--sampler-seed", type=int, default=0, help="TPE seed (give each worker its own)")
+    tune.add_argument("--no-final", action="store_true", help="only tune; do not run the best config on test")
+    tune.add_argument("--seeds", default=None, help="seeds of the final evaluation (default: the track's)")
+    tune.add_argument("--data-dir", default=None)
+    tune.add_argument("--store", default=None)
+    tune.add_argument("--runs-dir", default=None)
     return parser
 
 
-def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def make_spec(args: argparse.Namespace, dataset: str, argv: Sequence[str]):
+    """A RunSpec from CLI flags, under the track's pins when --track is given (flags still win)."""
     from harness.config import parse_budget, parse_overrides
-    from harness.protocol import RunSpec, run
-    from harness.store import RunStore
+    from harness.protocol import RunSpec
+    from harness.tracks import load_track
 
-    spec = RunSpec(method=args.method, dataset=args.dataset, seed=args.seed, budget_seconds=parse_budget(args.budget),
-                   max_epochs=args.epochs, overrides=parse_overrides(args.overrides),
-                   dataset_options=parse_overrides(args.data_overrides),
-                   protocol={"exclude_history": True} if args.exclude_history else {}, ks=args.ks,
-                   track=args.track, device=args.device, data_dir=args.data_dir,
+    overrides = parse_overrides(getattr(args, "overrides", []))
+    data_options = parse_overrides(getattr(args, "data_overrides", []))
+    protocol = {"exclude_history": True} if getattr(args, "exclude_history", False) else {}
+    budget = getattr(args, "budget", None)
+    spec = RunSpec(method=args.method, dataset=dataset, overrides=overrides, dataset_options=data_options,
+                   protocol=protocol, data_dir=args.data_dir,
                    command="harness " + " ".join(shlex.quote(a) for a in argv))
-    record = run(spec, RunStore(args.store, args.runs_dir))
-    if args.json:
-        print(json.dumps(record, indent=2, sort_keys=True))
-    else:
-        print(summary(record))
-    if record["status"] != "ok":
-        print(f"error: run {record['run_id']} {record['status']}: {record['failure']}", file=sys.stderr)
-        return 1
+    if args.track:
+        track = load_track(args.track)
+        track.check_dataset(dataset)
+        spec.track = track.name
+        spec.budget_seconds = track.budget_seconds
+        spec.max_epochs = track.max_epochs
+        spec.protocol = {**track.protocol, **protocol}
+        spec.dataset_options = {**track.dataset_options.get(dataset, {}), **data_options}
+        spec.ks = list(track.ks)
+        spec.device = track.device
+        spec.track_overrides = dict(track.method_overrides.get(args.method, {}))
+    if budget is not None:
+        spec.budget_seconds = parse_budget(budget)
+    if getattr(args, "epochs", None) is not None:
+        spec.max_epochs = args.epochs
+    if getattr(args, "ks", None):
+        spec.ks = args.ks
+    if getattr(args, "device", None):
+        spec.device = args.device
+    return spec
+
+
+def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from harness.multiseed import parse_seeds, run_seeds
+    from harness.protocol import run
+    from harness.stats import seed_summary
+    from harness.store import RunStore
+    from harness.tracks import load_track
+
+    track = load_track(args.track) if args.track else None
+    datasets = [args.dataset] if args.dataset else (track.datasets if track else ["synthetic"])
+    store = RunStore(args.store, args.runs_dir)
+    if args.seeds is not None and args.seed is not None:
+        from harness.errors import ConfigError
+        raise ConfigError("give either --seed or --seeds, not both")
+    multi = args.seeds is not None or (track is not None and args.seed is None)
+    failed = 0
+    for dataset in datasets:
+        spec = make_spec(args, dataset, argv)
+        if not multi:
+            spec.seed = args.seed or 0
+            records = [run(spec, store)]
+        else:
+            seeds = parse_seeds(args.seeds, default=track.seeds if track else 1)
+            records = run_seeds(spec, seeds, store, n_jobs=args.jobs, resume=not args.force)
+        for record in records:
+            if args.json:
+                print(json.dumps(record, indent=2, sort_keys=True))
+            else:
+                print(summary(record))
+            if record["status"] != "ok":
+                failed += 1
+                print(f"error: run {record['run_id']} {record['status']}: {record['failure']}", file=sys.stderr)
+        ok = [r for r in records if r["status"] == "ok"]
+        if len(records) > 1 and ok and not args.json:
+            rows = []
+            for name in ok[0]["metrics"]["test"]:
+                s = seed_summary([r["metrics"]["test"][name] for r in ok])
+                rows.append([name, f"{s['mean']:.4f}", f"{s['std']:.4f}", f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]"])
+            print(f"\n{args.method} on {dataset}: {len(ok)}/{len(records)} seeds ok")
+            print(tabulate(rows, headers=["metric", "mean", "std", "95% CI (t)"]))
+    return 1 if failed else 0
+
+
+def _results(args: argparse.Namespace, dataset: str | None):
+    from harness.results import load_results
+    from harness.store import RunStore
+    store = None if args.no_store else RunStore(args.store, args.runs_dir)
+    results = load_results(track=args.track, dataset=dataset, store=store, published=not args.no_published,
+                           include_stale=args.include_stale)
+    for problem in results.broken:
+        print(f"warning: {problem}", file=sys.stderr)
+    if results.stale:
+        print(f"note: {len(results.stale)} stale record(s) (older metric/protocol version) left out; "
+              f"--include-stale shows them", file=sys.stderr)
+    return results
+
+
+def _primary(args: argparse.Namespace) -> tuple[str, list[int]]:
+    from harness.tracks import load_track
+    if args.track:
+        track = load_track(args.track)
+        return track.primary_metric, list(track.ks)
+    return "ndcg@10", [5, 10, 20, 50]
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.results import records_for
+    from harness.tables import compare_rows, render
+    results = _results(args, args.dataset)
+    labels = records_for(results, args.methods.split(",") if args.methods else None)
+    if not labels:
+        raise HarnessError(f"no ok records for dataset {args.dataset!r}"
+                           + (f" in track {args.track!r}" if args.track else "") + "; run `harness run` first")
+    metric = args.metric or _primary(args)[0]
+    rows = compare_rows(results, labels, metric, args.test, args.correction, args.alpha)
+    print(render(rows, args.format))
     return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from harness.tables import leaderboard_rows, render
+    results = _results(args, args.dataset)
+    if not results.records:
+        raise HarnessError(f"no ok records for dataset {args.dataset!r}"
+                           + (f" in track {args.track!r}" if args.track else "") + "; run `harness run` first")
+    primary, ks = _primary(args)
+    print(render(leaderboard_rows(results, ks, primary, args.correction, args.alpha), args.format))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+    from harness.results import LEADERBOARDS_DIR, export_board, load_results
+    from harness.store import RunStore
+    from harness.tables import leaderboard_rows, render
+    from harness.tracks import load_track
+    if not args.track:
+        raise HarnessError("export needs --track")
+    track = load_track(args.track)
+    out = Path(args.out) if args.out else LEADERBOARDS_DIR
+    for dataset in [args.dataset] if args.dataset else track.datasets:
+        results = load_results(track=track.name, dataset=dataset, store=RunStore(args.store, args.runs_dir),
+                               published=not args.no_published)
+        if not results.records:
+            print(f"{dataset}: no ok records, nothing exported")
+            continue
+        table = render(leaderboard_rows(results, track.ks, track.primary_metric, args.correction, args.alpha), "md")
+        path = export_board(results, track.name, dataset, out, table)
+        print(f"{dataset}: {len(results.records)} records → {path}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from harness.multiseed import parse_seeds, run_seeds
+    from harness.store import RunStore
+    from harness.tracks import load_track
+    from harness.tune import best_spec, tune
+    track = load_track(args.track)
+    store = RunStore(args.store, args.runs_dir)
+    spec = make_spec(args, args.dataset, argv)
+    metric = track.tuning.get("metric", track.primary_metric)
+    trials = args.trials or int(track.tuning.get("trials", 20))
+    study = tune(spec, trials, store, metric, args.storage, args.study, args.sampler_seed)
+    finished = [t for t in study.trials if t.state.is_finished()]
+    print(f"study {study.study_name}: {len(finished)} finished trials; best valid {metric} "
+          f"{study.best_value:.4f} with {study.best_params}")
+    if args.no_final:
+        return 0
+    final = best_spec(study, spec, metric)
+    records = run_seeds(final, parse_seeds(args.seeds, default=track.seeds), store)
+    for record in records:
+        print(summary(record))
+    return 0 if all(r["status"] == "ok" for r in records) else 1
 
 
 def summary(record: dict[str, Any]) -> str:
@@ -173,6 +370,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_datasets(args)
         if args.command == "methods":
             return cmd_methods()
+        if args.command == "compare":
+            return cmd_compare(args)
+        if args.command == "leaderboard":
+            return cmd_leaderboard(args)
+        if args.command == "export":
+            return cmd_export(args)
+        if args.command == "tune":
+            return cmd_tune(args, argv)
         parser.print_help()
         return 0
     except HarnessError as exc:

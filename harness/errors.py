@@ -19,3 +19,7 @@ class BudgetExceeded(Exception):
 
 class NonFiniteLoss(Exception):
     """Raised by a plugin (through `harness.api.check_finite`) when its loss becomes NaN or infinite."""
+
+
+class RunPruned(Exception):
+    """Raised from a validation hook (e.g. an Optuna pruner) to stop a run early; recorded as `pruned`."""

@@ -157,6 +157,8 @@ def evaluate_method(method, histories: Sequence[np.ndarray], targets: np.ndarray
     ranks = torch.cat(all_ranks) if all_ranks else torch.zeros(0, dtype=torch.double)
     per_user = metrics_from_ranks(ranks, ks)
     metrics = {name: float(values.mean()) if len(values) else 0.0 for name, values in per_user.items()}
+    # The 0-based rank (-1 = miss) determines every metric at any cut-off; it is what published boards keep.
+    per_user["rank"] = torch.where(torch.isfinite(ranks), ranks, -1.0).to(torch.int64).numpy()
     diagnostics: dict[str, Any] = {}
     if counts:
         slots = max(1, counts["slots"])

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from harness.api import Budget, Method, TrainView
 from harness.config import config_hash, merge_config
 from harness.data import leave_one_out, load_card, load_dataset
 from harness.data.split import EvalPart
-from harness.errors import BudgetExceeded, NonFiniteLoss
+from harness.errors import BudgetExceeded, NonFiniteLoss, RunPruned
 from harness.evaluate import DEFAULT_KS, EvaluationError, evaluate_method
 from harness.store import RunStore
 
@@ -46,7 +46,8 @@ class RunSpec:
     seed: int = 0
     budget_seconds: float | None = None
     max_epochs: int | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)  # the user's --set (and tuned values)
+    track_overrides: dict[str, Any] = field(default_factory=dict)  # the track's pins for this method
     protocol: dict[str, Any] = field(default_factory=dict)
     dataset_options: dict[str, Any] = field(default_factory=dict)
     ks: Sequence[int] = DEFAULT_KS
@@ -56,12 +57,18 @@ class RunSpec:
     latency_users: int = 100
     throughput_batch: int = 256
     command: str | None = None
+    evaluate_test: bool = True  # False for tuning trials: the test targets are then never touched
+    purpose: str = "eval"  # "eval" runs go on the board; "tune" runs are trials of a study
+    on_validate: Callable[[int, dict[str, float]], None] | None = field(default=None, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict)  # stored in the record as is (e.g. tuning provenance)
 
 
 class Validator:
     """The `validate()` callback: validation metrics by the harness's evaluator. Holds validation data only."""
 
-    def __init__(self, part: EvalPart, n_items: int, ks: Sequence[int], exclude_history: bool):
+    def __init__(self, part: EvalPart, n_items: int, ks: Sequence[int], exclude_history: bool,
+                 hook: Callable[[int, dict[str, float]], None] | None = None):
+        self._hook = hook
         self._part = part
         self._n_items = n_items
         self._ks = tuple(ks)
@@ -76,6 +83,8 @@ class Validator:
                            **{k: round(v, 6) for k, v in result.metrics.items()}})
         log.info("validation %d at %.0fs: recall@10 %.4f ndcg@10 %.4f", len(self.curve), self.curve[-1]["elapsed_s"],
                  result.metrics.get("recall@10", float("nan")), result.metrics.get("ndcg@10", float("nan")))
+        if self._hook is not None:
+            self._hook(len(self.curve), result.metrics)
         return result.metrics
 
 
@@ -183,14 +192,31 @@ def _round(metrics: dict[str, float]) -> dict[str, float]:
     return {k: round(float(v), 6) for k, v in metrics.items()}
 
 
-def run(spec: RunSpec, store: RunStore | None = None) -> dict[str, Any]:
-    """Execute one run and store its record. User errors (unknown names, bad data, bad config) raise HarnessError
-    before anything is stored; a failing plugin yields a stored `failed` record."""
+@dataclass
+class Prepared:
+    method_cls: type
+    config: dict[str, Any]
+    card: Any
+    dataset: Any
+    split: Any
+
+
+def prepare(spec: RunSpec) -> Prepared:
+    """Resolve the method and its config, load and verify the data, split it. Raises HarnessError on user errors."""
     method_cls = registry.get(spec.method)
-    config = merge_config(method_cls.default_config, spec.overrides, spec.method)
+    config = merge_config(method_cls.default_config, {**spec.track_overrides, **spec.overrides}, spec.method)
     card = load_card(spec.dataset)
     dataset = load_dataset(card, spec.data_dir, **spec.dataset_options)
     split = leave_one_out(dataset, {**card.protocol, **spec.protocol})
+    return Prepared(method_cls, config, card, dataset, split)
+
+
+def run(spec: RunSpec, store: RunStore | None = None, prepared: Prepared | None = None) -> dict[str, Any]:
+    """Execute one run and store its record. User errors (unknown names, bad data, bad config) raise HarnessError
+    before anything is stored; a failing plugin yields a stored `failed` record."""
+    prepared = prepared or prepare(spec)
+    method_cls, config, card, dataset, split = (prepared.method_cls, prepared.config, prepared.card,
+                                                prepared.dataset, prepared.split)
     exclude_history = bool(split.protocol["exclude_history"])
     store = store or RunStore()
     device = resolve_device(spec.device)
@@ -199,7 +225,8 @@ def run(spec: RunSpec, store: RunStore | None = None) -> dict[str, Any]:
     run_id = f"{started.strftime('%Y%m%dT%H%M%S')}-{spec.method}-{card.name}-s{spec.seed}-{uuid.uuid4().hex[:6]}"
     record: dict[str, Any] = {
         "run_id": run_id, "status": "ok", "failure": None,
-        "method": spec.method, "method_config": config, "method_config_hash": config_hash(config),
+        "method": spec.method, "method_config": config, "config_overrides": spec.overrides,
+        "method_config_hash": config_hash(config),
         "paper": method_cls.paper,
         "dataset": card.name, "dataset_fingerprint": dataset.fingerprint(), "split_id": split.split_id,
         "protocol": split.protocol, "track": spec.track, "seed": spec.seed,
@@ -212,12 +239,13 @@ def run(spec: RunSpec, store: RunStore | None = None) -> dict[str, Any]:
                      "python": platform.python_version()},
         "git_sha": _git_sha(), "hardware": _hardware(device),
         "metric_version": harness.METRIC_VERSION, "protocol_version": harness.PROTOCOL_VERSION,
+        "purpose": spec.purpose, **spec.extra,
         "command": spec.command, "started_at": started.isoformat(), "finished_at": None,
     }
     per_user: dict[str, dict[str, np.ndarray]] = {}
 
     seed_everything(spec.seed)
-    validator = Validator(split.valid, dataset.n_items, spec.ks, exclude_history)
+    validator = Validator(split.valid, dataset.n_items, spec.ks, exclude_history, spec.on_validate)
     view = TrainView(sequences=split.train_sequences, n_items=dataset.n_items, items=dataset.items,
                      text_fields=dataset.text_fields, validate=validator, device=device, seed=spec.seed,
                      work_dir=store.run_dir(run_id) / "work", dataset=card.name)
@@ -236,6 +264,8 @@ def run(spec: RunSpec, store: RunStore | None = None) -> dict[str, Any]:
         record["status"] = "over_budget"
         record["failure"] = f"stopped by the harness after {time.monotonic() - fit_start:.1f}s " \
                             f"(budget {spec.budget_seconds}s)"
+    except RunPruned as exc:
+        record["status"], record["failure"] = "pruned", f"pruned after validation round {len(validator.curve)}: {exc}"
     except NonFiniteLoss as exc:
         record["status"], record["failure"] = "failed", f"NonFiniteLoss: {exc}"
     except Exception as exc:  # the plugin's fault: recorded, never raised past the referee
@@ -253,15 +283,18 @@ def run(spec: RunSpec, store: RunStore | None = None) -> dict[str, Any]:
             with torch.no_grad():
                 valid = evaluate_method(method, split.valid.histories, split.valid.targets, dataset.n_items, spec.ks,
                                         exclude_history, desc="validate")
-                test = evaluate_method(method, split.test.histories, split.test.targets, dataset.n_items, spec.ks,
-                                       exclude_history, desc="test")
-            record["metrics"] = {"valid": _round(valid.metrics), "test": _round(test.metrics)}
-            record["eval"]["mode"] = test.mode
-            record["diagnostics"].update(test.diagnostics)
+                record["metrics"] = {"valid": _round(valid.metrics)}
+                record["eval"]["mode"] = valid.mode
+                record["diagnostics"].update(valid.diagnostics)
+                per_user = {"valid": valid.per_user, "users": {"index": split.valid.users}}
+                if spec.evaluate_test:  # once, after fit; never for tuning trials
+                    test = evaluate_method(method, split.test.histories, split.test.targets, dataset.n_items,
+                                           spec.ks, exclude_history, desc="test")
+                    record["metrics"]["test"] = _round(test.metrics)
+                    record["diagnostics"].update(test.diagnostics)
+                    per_user["test"] = test.per_user
             record["diagnostics"].update(method.diagnostics())
-            per_user = {"valid": valid.per_user, "test": test.per_user}
-            per_user["users"] = {"index": split.test.users}
-            record["latency"] = measure_latency(method, split.test.histories, max(spec.ks), spec.latency_users,
+            record["latency"] = measure_latency(method, split.valid.histories, max(spec.ks), spec.latency_users,
                                                 spec.throughput_batch, device)
         except (EvaluationError, NotImplementedError) as exc:
             record["status"], record["failure"] = "failed", f"{type(exc).__name__} in evaluation: {exc}"

@@ -1,0 +1,156 @@
+"""Reading results for tables: run records from the local store and from published boards (`leaderboards/<track>/`),
+grouped into board rows, with per-user arrays for paired statistics.
+
+Published boards keep, per run, the record (JSONL) and the per-user ranks (`per_user/<run_id>.npz`): every metric at
+every cut-off is recomputed from the rank, so a published board supports the same paired tests as the local store.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+import harness
+from harness.evaluate import metrics_from_ranks
+from harness.store import RunStore
+
+LEADERBOARDS_DIR = Path(__file__).resolve().parents[1] / "leaderboards"
+
+
+def is_stale(record: dict[str, Any]) -> bool:
+    return (record.get("metric_version") != harness.METRIC_VERSION
+            or record.get("protocol_version") != harness.PROTOCOL_VERSION)
+
+
+def row_label(record: dict[str, Any]) -> str:
+    """`sasrec`, `sasrec[loss=bce]` (explicit overrides) or `sasrec (tuned)`."""
+    if record.get("tuning"):
+        return f"{record['method']} (tuned)"
+    overrides = record.get("config_overrides") or {}
+    if overrides:
+        return record["method"] + "[" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) + "]"
+    return record["method"]
+
+
+@dataclass
+class ResultSet:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    stale: list[dict[str, Any]] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)  # sources that could not be read, with the reason
+    _sources: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def per_user(self, record: dict[str, Any], stage: str = "test") -> dict[str, np.ndarray] | None:
+        """Per-user metric arrays for a run, recomputed from its stored ranks (any cut-off works)."""
+        ranks = _ranks(self, record, stage)
+        if ranks is None:
+            return None
+        ranks_f = torch.as_tensor(ranks.astype(np.float64))
+        ranks_f[ranks_f < 0] = float("inf")
+        ks = record.get("eval", {}).get("ks") or [5, 10, 20, 50]
+        return metrics_from_ranks(ranks_f, ks)
+
+    def groups(self) -> dict[str, list[dict[str, Any]]]:
+        """Board rows: records grouped by label; configurations differing under one label are kept apart."""
+        by_label: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        for record in self.records:
+            by_label[row_label(record)][record.get("method_config_hash", "")].append(record)
+        out = {}
+        for label, by_hash in by_label.items():
+            for cfg, records in by_hash.items():
+                name = label if len(by_hash) == 1 else f"{label}#{cfg[:6]}"
+                out[name] = sorted(records, key=lambda r: r.get("seed", 0))
+        return out
+
+
+def load_results(track: str | None = None, dataset: str | None = None, store: RunStore | None = None,
+                 published: bool = True, include_stale: bool = False, purpose: str = "eval",
+                 leaderboards_dir: Path | None = None) -> ResultSet:
+    """Records with status ok (for evaluation, not tuning trials) for a track/dataset from the store and published
+    boards; a run present in both counts once; stale records are set aside."""
+    result = ResultSet()
+    candidates: list[tuple[dict[str, Any], Any]] = []
+    if published:
+        root = leaderboards_dir or LEADERBOARDS_DIR
+        tracks = [track] if track else [p.name for p in root.iterdir() if p.is_dir() and p.name != "tracks"] \
+            if root.exists() else []
+        for name in tracks:
+            folder = root / name
+            for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+                if dataset and path.stem != dataset:
+                    continue
+                for number, line in enumerate(path.read_text().splitlines(), start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                        record["run_id"], record["method"], record["status"]  # required fields
+                    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                        result.broken.append(f"{path}:{number}: unreadable record ({type(exc).__name__}: {exc})")
+                        continue
+                    candidates.append((record, folder / "per_user" / f"{record['run_id']}.npz"))
+    if store is not None:
+        for record in store.records(dataset=dataset, track=track):
+            candidates.append((record, store))
+    seen = set()
+    for record, source in candidates:
+        if record["run_id"] in seen or record.get("status") != "ok" or record.get("purpose", "eval") != purpose:
+            continue
+        if track and record.get("track") != track or dataset and record.get("dataset") != dataset:
+            continue
+        if "test" not in record.get("metrics", {}):
+            continue
+        seen.add(record["run_id"])
+        if is_stale(record) and not include_stale:
+            result.stale.append(record)
+            continue
+        result.records.append(record)
+        result._sources[record["run_id"]] = source
+    return result
+
+
+def export_board(results: ResultSet, track: str, dataset: str, out_dir: Path, table_markdown: str) -> Path:
+    """Write `<out_dir>/<track>/<dataset>.jsonl` (records + provenance), per-user ranks and the markdown table."""
+    folder = out_dir / track
+    (folder / "per_user").mkdir(parents=True, exist_ok=True)
+    path = folder / f"{dataset}.jsonl"
+    with open(path, "w") as handle:
+        for record in sorted(results.records, key=lambda r: (r["method"], r.get("seed", 0), r["run_id"])):
+            slim = {k: v for k, v in record.items() if k != "diagnostics" or not isinstance(v, dict)}
+            slim["diagnostics"] = {k: v for k, v in record.get("diagnostics", {}).items() if k != "traceback"}
+            handle.write(json.dumps(slim, sort_keys=True) + "\n")
+            arrays = {}
+            for stage in ("valid", "test"):
+                per_user = _ranks(results, record, stage)
+                if per_user is not None:
+                    arrays[f"{stage}/rank"] = per_user
+            if arrays:
+                np.savez_compressed(folder / "per_user" / f"{record['run_id']}.npz", **arrays)
+    (folder / f"{dataset}.md").write_text(table_markdown + "\n")
+    return path
+
+
+def _ranks(results: ResultSet, record: dict[str, Any], stage: str) -> np.ndarray | None:
+    source = results._sources.get(record["run_id"])
+    if isinstance(source, RunStore):
+        return source.per_user(record["run_id"]).get(stage, {}).get("rank")
+    if isinstance(source, Path) and source.exists():
+        with np.load(source) as data:
+            return data[f"{stage}/rank"] if f"{stage}/rank" in data.files else None
+    return None
+
+
+def records_for(results: ResultSet, labels: Iterable[str] | None) -> dict[str, list[dict[str, Any]]]:
+    groups = results.groups()
+    if not labels:
+        return groups
+    wanted = list(labels)
+    picked = {}
+    for name in wanted:
+        matches = {k: v for k, v in groups.items() if k == name or row_label(v[0]) == name or v[0]["method"] == name}
+        picked.update(matches)
+    return picked

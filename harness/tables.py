@@ -1,0 +1,110 @@
+"""Board tables: the leaderboard (one row per method configuration) and the pairwise comparison table."""
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import numpy as np
+from tabulate import tabulate
+
+from harness.results import ResultSet
+from harness.stats import MethodResults, compare_to_best, seed_summary
+
+FORMATS = {"md": "github", "latex": "latex", "plain": "simple"}
+
+
+def method_results(results: ResultSet, groups: dict[str, list[dict]], metric: str) -> list[MethodResults]:
+    rows = []
+    for label, records in groups.items():
+        values = [r["metrics"]["test"][metric] for r in records if metric in r["metrics"]["test"]]
+        arrays = [results.per_user(r) for r in records]
+        arrays = [a[metric] for a in arrays if a is not None and metric in a]
+        per_user = np.mean(arrays, axis=0) if arrays and len({len(a) for a in arrays}) == 1 else None
+        rows.append(MethodResults(label, values, per_user, {"records": records}))
+    return rows
+
+
+def _ci(values: Sequence[float]) -> str:
+    s = seed_summary(values)
+    if s["n"] == 0:
+        return "-"
+    if s["n"] < 2:
+        return f"{s['mean']:.4f}"
+    return f"{s['mean']:.4f} ± {s['ci_high'] - s['mean']:.4f}"
+
+
+def leaderboard_rows(results: ResultSet, ks: Sequence[int], primary: str, correction: str = "holm",
+                     alpha: float = 0.05) -> list[dict[str, Any]]:
+    groups = results.groups()
+    ties = {row["label"]: row for row in compare_to_best(method_results(results, groups, primary),
+                                                         correction=correction, alpha=alpha, n_boot=1000)}
+    rows = []
+    for label, records in groups.items():
+        test = [r["metrics"]["test"] for r in records]
+        row: dict[str, Any] = {"method": label, "seeds": len(records)}
+        tie = ties.get(label, {})
+        row["tied_with_best"] = "best" if tie.get("best") else ("tied" if tie.get("tied") else "")
+        for k in ks:
+            for name in (f"recall@{k}", f"ndcg@{k}"):
+                row[name] = _ci([t[name] for t in test if name in t])
+        if any("auc" in t for t in test):
+            row["auc"] = _ci([t["auc"] for t in test if "auc" in t])
+        lat = [r.get("latency") or {} for r in records]
+        row["p50_ms"] = _median([l.get("p50_ms") for l in lat])
+        row["users_per_s"] = _median([l.get("users_per_s") for l in lat])
+        row["params"] = _median([r.get("params") for r in records])
+        row["train_s"] = _median([r.get("used", {}).get("train_seconds") for r in records])
+        row["budget_s"] = records[0].get("budget", {}).get("seconds")
+        row["tuning_trials"] = (records[0].get("tuning") or {}).get("trials", 0)
+        row["_mean"] = seed_summary([t[primary] for t in test if primary in t])["mean"]
+        rows.append(row)
+    rows.sort(key=lambda r: -np.nan_to_num(r["_mean"], nan=-1))
+    for row in rows:
+        row.pop("_mean")
+    return rows
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return None if not values else float(np.median(values))
+
+
+def compare_rows(results: ResultSet, labels: dict[str, list[dict]], metric: str, test: str, correction: str,
+                 alpha: float) -> list[dict[str, Any]]:
+    rows = compare_to_best(method_results(results, labels, metric), test=test, correction=correction, alpha=alpha)
+    out = []
+    for row in rows:
+        out.append({
+            "method": row["label"], "seeds": row["n"], metric: f"{row['mean']:.4f}",
+            "95% CI (seeds)": "-" if row["n"] < 2 else f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]",
+            "diff vs best": "" if row["best"] else _fmt(row.get("diff"), "+.4f"),
+            "boot 95% CI": "" if row["best"] or "boot_low" not in row else
+            f"[{row['boot_low']:+.4f}, {row['boot_high']:+.4f}]",
+            "p wilcoxon": _fmt(row.get("p_wilcoxon"), ".2e"), "p paired-t": _fmt(row.get("p_ttest"), ".2e"),
+            "p welch (seeds)": _fmt(row.get("p_welch"), ".2e"), f"p adj ({correction}, {test})": _fmt(row.get("p_adj"), ".2e"),
+            "d_z": _fmt(row.get("effect_dz"), "+.3f"),
+            "tied": "best" if row["best"] else ("yes" if row.get("tied") else ("no" if row.get("tied") is False else "?")),
+        })
+    return out
+
+
+def _fmt(value, spec: str) -> str:
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, spec)
+
+
+def render(rows: list[dict[str, Any]], fmt: str = "md") -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    if fmt == "csv":
+        import csv
+        import io
+        buffer = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        return buffer.getvalue()
+    if not rows:
+        return "(no results)"
+    return tabulate(rows, headers="keys", tablefmt=FORMATS.get(fmt, "github"), disable_numparse=True,
+                    missingval="-")

@@ -1,0 +1,58 @@
+"""Tracks (`leaderboards/tracks/*.yaml`): datasets + protocol + budget + hardware class + embedder + cut-offs.
+
+A number on the board belongs to a track; every method in a track runs under the same pins.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.config import parse_budget
+from harness.errors import ConfigError, HarnessError
+
+TRACKS_DIR = Path(__file__).resolve().parents[1] / "leaderboards" / "tracks"
+
+
+@dataclass
+class Track:
+    name: str
+    description: str
+    datasets: list[str]
+    budget: str | None = None
+    max_epochs: int | None = None
+    protocol: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hardware: str = ""
+    device: str = "auto"
+    embedder: str = "tfidf-svd"
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    primary_metric: str = "ndcg@10"
+    seeds: int = 5
+    tuning: dict[str, Any] = field(default_factory=dict)
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def budget_seconds(self) -> float | None:
+        return parse_budget(self.budget)
+
+    def check_dataset(self, dataset: str) -> None:
+        if dataset not in self.datasets:
+            raise ConfigError(f"dataset {dataset!r} is not in track {self.name!r} (datasets: {', '.join(self.datasets)})")
+
+
+def track_names() -> list[str]:
+    return sorted(p.stem for p in TRACKS_DIR.glob("*.yaml"))
+
+
+def load_track(name: str) -> Track:
+    path = TRACKS_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise HarnessError(f"unknown track {name!r}; available: {', '.join(track_names())}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        return Track(**raw)
+    except TypeError as exc:
+        raise ConfigError(f"malformed track file {path}: {exc}") from None

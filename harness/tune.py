@@ -1,0 +1,103 @@
+"""Optuna tuning on validation only, with an equal trial budget per method, then the best config over the track's seeds.
+
+Trials are runs with `evaluate_test=False`: the protocol never evaluates the test targets for them, so the objective
+(which reads the trial's record) has nothing test-derived to read. Intermediate validation metrics feed the pruner.
+Several workers (processes or machines) share a study through its storage: a SQLite file by default, or any
+Optuna RDB URL (e.g. PostgreSQL).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from harness import registry
+from harness.errors import ConfigError, RunPruned
+from harness.protocol import RunSpec, run
+from harness.store import RunStore
+
+log = logging.getLogger(__name__)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Search-space YAML → Optuna suggestions. Types: categorical (choices), int/float (low, high, log, step)."""
+    params = {}
+    for name, spec in space.items():
+        kind = spec.get("type")
+        if kind == "categorical":
+            params[name] = trial.suggest_categorical(name, spec["choices"])
+        elif kind == "int":
+            params[name] = trial.suggest_int(name, spec["low"], spec["high"], step=spec.get("step", 1),
+                                             log=spec.get("log", False))
+        elif kind == "float":
+            params[name] = trial.suggest_float(name, spec["low"], spec["high"], step=spec.get("step"),
+                                               log=spec.get("log", False))
+        else:
+            raise ConfigError(f"search space entry {name!r} has unknown type {kind!r} (categorical, int, float)")
+    return params
+
+
+def default_storage(store: RunStore) -> str:
+    store.runs_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store.runs_dir / 'optuna.db'}"
+
+
+def study_name(spec: RunSpec, metric: str) -> str:
+    return f"{spec.method}--{spec.dataset}--{spec.track or 'notrack'}--{metric}"
+
+
+def tune(spec: RunSpec, trials: int, store: RunStore, metric: str = "ndcg@10", storage: str | None = None,
+         name: str | None = None, sampler_seed: int = 0) -> optuna.Study:
+    """Run trials until the study holds `trials` finished ones (shared across workers). Returns the study."""
+    method_cls = registry.get(spec.method)
+    space = method_cls.search_space
+    if not space:
+        raise ConfigError(f"method {spec.method!r} declares no search space; nothing to tune")
+    storage = storage or default_storage(store)
+    name = name or study_name(spec, metric)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    if not study.trials:
+        # The plugin's defaults (as this track configures them) are always the first trial.
+        defaults = {**method_cls.default_config, **spec.track_overrides, **spec.overrides}
+        study.enqueue_trial({k: defaults[k] for k in space if k in defaults}, skip_if_exists=True)
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, space)
+
+        def report(step: int, metrics: dict[str, float]) -> None:
+            trial.report(metrics[metric], step)
+            if trial.should_prune():
+                raise RunPruned(f"{metric}={metrics[metric]:.4f} below the median of earlier trials")
+
+        trial_spec = dataclasses.replace(spec, overrides={**spec.overrides, **params}, evaluate_test=False,
+                                         purpose="tune", on_validate=report,
+                                         extra={"study": {"name": name, "trial": trial.number}})
+        record = run(trial_spec, store)
+        trial.set_user_attr("run_id", record["run_id"])
+        trial.set_user_attr("pid", os.getpid())
+        if record["status"] == "pruned":
+            raise optuna.TrialPruned()
+        if record["status"] != "ok":
+            raise RuntimeError(f"trial run {record['run_id']} {record['status']}: {record['failure']}")
+        return record["metrics"]["valid"][metric]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, catch=(RuntimeError,),
+                   callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED)])
+    return study
+
+
+def best_spec(study: optuna.Study, spec: RunSpec, metric: str) -> RunSpec:
+    """The evaluation spec for the study's best trial, carrying the tuning provenance into every seed's record."""
+    finished = [t for t in study.trials if t.state in FINISHED]
+    tuning = {"study": study.study_name, "trials": len(finished), "metric": metric,
+              "best_trial": study.best_trial.number, "best_valid": study.best_value, "params": study.best_params}
+    return dataclasses.replace(spec, overrides={**spec.overrides, **study.best_params},
+                               extra={**spec.extra, "tuning": tuning})
