@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from harness import registry
@@ -42,6 +44,15 @@ def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, 
     return params
 
 
+def _fits(spec: dict[str, Any], value: Any) -> bool:
+    """Whether a default value lies inside its search-space entry (else the sampler picks that parameter)."""
+    if spec.get("type") == "categorical":
+        return value in spec["choices"]
+    if not isinstance(value, (int, float)) or not spec["low"] <= value <= spec["high"]:
+        return False
+    return not (spec.get("log") and value <= 0)
+
+
 def default_storage(store: RunStore) -> str:
     store.runs_dir.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store.runs_dir / 'optuna.db'}"
@@ -60,13 +71,21 @@ def tune(spec: RunSpec, trials: int, store: RunStore, metric: str = "ndcg@10", s
         raise ConfigError(f"method {spec.method!r} declares no search space; nothing to tune")
     storage = storage or default_storage(store)
     name = name or study_name(spec, metric)
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=sampler_seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    for attempt in range(5):  # workers starting together race to create the storage's schema: retry
+        try:
+            study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                        sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+                                        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+            break
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, optuna.exceptions.DuplicatedStudyError):
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
     if not study.trials:
         # The plugin's defaults (as this track configures them) are always the first trial.
         defaults = {**method_cls.default_config, **spec.track_overrides, **spec.overrides}
-        study.enqueue_trial({k: defaults[k] for k in space if k in defaults}, skip_if_exists=True)
+        study.enqueue_trial({k: defaults[k] for k in space if k in defaults and _fits(space[k], defaults[k])},
+                            skip_if_exists=True)
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, space)

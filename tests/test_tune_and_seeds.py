@@ -1,0 +1,149 @@
+"""Tuning on validation only, shared Optuna storage, multi-seed runs that survive failures and interruptions."""
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import optuna
+import pytest
+import torch
+
+from conftest import TINY
+from harness import protocol
+from harness.api import Method
+from harness.multiseed import run_seeds
+from harness.protocol import RunSpec
+from harness.store import RunStore
+from harness.tune import best_spec, tune
+
+QUICK = {"epochs": 3, "patience": 2}
+
+
+def smoke_spec(method="sasrec", **kwargs):
+    return RunSpec(method=method, dataset="synthetic", dataset_options=dict(TINY), track="smoke",
+                   overrides=dict(QUICK), latency_users=5, **kwargs)
+
+
+def test_tuning_never_touches_test_targets(tmp_path, monkeypatch):
+    calls = []
+    real = protocol.evaluate_method
+
+    def spy(method, histories, targets, *args, desc="evaluate", **kwargs):
+        calls.append(desc)
+        return real(method, histories, targets, *args, desc=desc, **kwargs)
+    monkeypatch.setattr(protocol, "evaluate_method", spy)
+    store = RunStore(runs_dir=tmp_path / "runs")
+    study = tune(smoke_spec(), trials=3, store=store, metric="ndcg@10")
+    assert len(study.trials) == 3 and "test" not in calls and "validate" in calls
+    trials = store.records(status="ok")
+    assert trials and all(r["purpose"] == "tune" and "test" not in r["metrics"] for r in trials)
+    for trial in study.trials:
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            record = store.get(trial.user_attrs["run_id"])
+            assert trial.value == record["metrics"]["valid"]["ndcg@10"]
+    # the plugin's defaults (with the spec's overrides) are the first trial
+    assert study.trials[0].params["hidden"] == 64 and study.trials[0].params["dropout"] == 0.3
+    calls.clear()
+    final = run_seeds(best_spec(study, smoke_spec(), "ndcg@10"), [0, 1], store, n_jobs=1)
+    assert "test" in calls
+    assert all(r["status"] == "ok" and r["tuning"]["trials"] == 3 for r in final)
+    assert final[0]["tuning"]["params"] == study.best_params
+
+
+def _worker(storage, runs_dir, seed):
+    store = RunStore(runs_dir=runs_dir)
+    tune(smoke_spec(), trials=6, store=store, storage=storage,
+         name="shared", sampler_seed=seed)
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    runs_dir = str(tmp_path / "runs")
+    ctx = mp.get_context("spawn")
+    workers = [ctx.Process(target=_worker, args=(storage, runs_dir, seed)) for seed in (1, 2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(300)
+        assert w.exitcode == 0
+    study = optuna.load_study(study_name="shared", storage=storage)
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) >= 6 and len(finished) == len(study.trials)
+    assert len({t.user_attrs["pid"] for t in finished}) == 2, "both workers contributed trials"
+    stored = \
+        {r["run_id"] for r in RunStore(runs_dir=runs_dir).records()}
+    assert {t.user_attrs["run_id"] for t in finished} <= stored, "every trial's run is in the store"
+
+
+class FailsOnSeedOne(Method):
+    name = "test-fails-seed-1"
+
+    def fit(self, train, budget):
+        if train.seed == 1:
+            raise RuntimeError("seed 1 breaks")
+        self.n = train.n_items
+
+    def score(self, histories, items=None):
+        return torch.arange(self.n, dtype=torch.float32).expand(len(histories), -1).clone()
+
+
+def test_a_failing_seed_is_recorded_and_the_rerun_completes_only_missing_seeds(tmp_path, plugin):
+    plugin(FailsOnSeedOne)
+    store = RunStore(runs_dir=tmp_path / "runs")
+    spec = RunSpec(method="test-fails-seed-1", dataset="synthetic", dataset_options=dict(TINY), latency_users=5)
+    records = run_seeds(spec, [0, 1, 2], store, n_jobs=1)
+    assert [r["status"] for r in records] == ["ok", "failed", "ok"]
+    again = run_seeds(spec, [0, 1, 2], store, n_jobs=1)
+    assert again[0]["run_id"] == records[0]["run_id"] and again[2]["run_id"] == records[2]["run_id"]
+    assert again[1]["run_id"] != records[1]["run_id"]
+    assert len(store.records()) == 4
+
+
+SLOW_PLUGIN = textwrap.dedent('''
+    import time, torch
+    from harness.api import Method
+
+    class Slow(Method):
+        name = "slow-ep"
+        def fit(self, train, budget):
+            self.n = train.n_items
+            time.sleep(1.5)
+        def score(self, histories, items=None):
+            return torch.zeros(len(histories), self.n)
+''')
+
+
+def test_killing_a_multi_seed_run_leaves_only_finished_ok_records(tmp_path):
+    (tmp_path / "slow_plugin.py").write_text(SLOW_PLUGIN)
+    info = tmp_path / "slow_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: slow-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[harness.methods]\nslow-ep = slow_plugin:Slow\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    cmd = [sys.executable, "-m", "harness.cli", "run", "--method", "slow-ep", "--seeds", "4", "--jobs", "1",
+           "--data-set", "n_users=100", "--runs-dir", str(tmp_path / "runs")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    store = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (tmp_path / "runs" / "harness.db").exists():
+            store = store or RunStore(runs_dir=tmp_path / "runs")
+            if len(store.records()) >= 1:
+                break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    records = store.records()
+    assert 1 <= len(records) < 4, "killed midway"
+    assert all(r["status"] == "ok" and "test" in r["metrics"] and r["finished_at"] for r in records)
+    done_before = {r["seed"] for r in records}
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    after = store.records()
+    assert sorted(r["seed"] for r in after) == [0, 1, 2, 3], "each seed exactly once"
+    assert {r["run_id"] for r in records} <= {r["run_id"] for r in after}
+    assert len(after) - len(records) == 4 - len(done_before)
