@@ -250,18 +250,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     from harness.store import RunStore
     from harness.tables import leaderboard_rows, render
     from harness.tracks import load_track
-    if not args.track:
-        raise HarnessError("export needs --track")
-    track = load_track(args.track)
+    if not args.track and not args.dataset:
+        raise HarnessError("export needs --track, or --dataset for runs made outside any track")
+    track = load_track(args.track) if args.track else None
     out = Path(args.out) if args.out else LEADERBOARDS_DIR
     for dataset in [args.dataset] if args.dataset else track.datasets:
-        results = load_results(track=track.name, dataset=dataset, store=RunStore(args.store, args.runs_dir),
+        results = load_results(track=args.track, dataset=dataset, store=RunStore(args.store, args.runs_dir),
                                published=not args.no_published)
+        if track is None:  # runs made outside any track go to leaderboards/untracked/
+            results.records = [r for r in results.records if r.get("track") is None]
         if not results.records:
             print(f"{dataset}: no ok records, nothing exported")
             continue
-        table = render(leaderboard_rows(results, track.ks, track.primary_metric, args.correction, args.alpha), "md")
-        path = export_board(results, track.name, dataset, out, table)
+        ks, primary = (track.ks, track.primary_metric) if track else ([5, 10, 20, 50], "ndcg@10")
+        table = render(leaderboard_rows(results, ks, primary, args.correction, args.alpha), "md")
+        path = export_board(results, track.name if track else "untracked", dataset, out, table)
         print(f"{dataset}: {len(results.records)} records → {path}")
     return 0
 
