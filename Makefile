@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 
 $(BIN)/harness: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,text]'
 	touch $(BIN)/harness
 
 setup: $(BIN)/harness
