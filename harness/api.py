@@ -98,6 +98,16 @@ class TrainView:
         fields = [f for f in self.text_fields if f in self.items.columns]
         return [" ".join(str(row[f]) for f in fields if row[f]) for _, row in self.items.iterrows()]
 
+    def semantic_ids(self, **options: Any):
+        """The SID provider (`harness.sid.semantic_ids`) over this catalogue: (SIDTable, provenance)."""
+        from harness.sid import semantic_ids
+        return semantic_ids(self.items, self.text_fields, **options)
+
+    def interactions(self):
+        """Training interactions in the only form interaction-derived tokenizers/embedders accept."""
+        from harness.sid.interactions import TrainInteractions
+        return TrainInteractions.from_view(self)
+
     def item_counts(self) -> np.ndarray:
         """How often each item occurs in the training sequences."""
         flat = np.concatenate(self.sequences) if self.sequences else np.zeros(0, dtype=np.int64)

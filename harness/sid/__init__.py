@@ -1,0 +1,58 @@
+"""Semantic IDs: tokenizers, collision handling, the validity trie and diagnostics, drawn from one provider.
+
+    table, provenance = semantic_ids(items, text_fields, embedder="tfidf-svd", tokenizer="rkmeans",
+                                     tokenizer_options={"levels": 3, "width": 256}, collisions="dedup-token")
+
+Embeddings and codes are cached by content hash (embeddings, tokenizer config, seed), so every method and every seed
+of a generator that asks for the same SIDs gets the same table without recomputation.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from harness.features import embed_items
+from harness.features.cache import cached_arrays, content_key
+from harness.sid.collisions import STRATEGIES, SIDTable, build_table
+from harness.sid.diagnostics import sid_report
+from harness.sid.interactions import TrainInteractions
+from harness.sid.tokenizers import TOKENIZERS, SIDCodes, make_tokenizer
+from harness.sid.trie import PrefixTrie
+
+
+def fit_codes(embeddings: np.ndarray, tokenizer: str = "rkmeans", **options: Any) -> tuple[SIDCodes, dict[str, Any]]:
+    """Codes for embeddings, cached by (embeddings, tokenizer identity). Returns (codes, provenance)."""
+    tok = make_tokenizer(tokenizer, **options)
+    key = content_key(embeddings, tok.identity())
+
+    def compute() -> dict[str, np.ndarray]:
+        result = tok.fit(embeddings)
+        return {"codes": result.codes, "widths": np.asarray(result.widths),
+                "recon_error": np.asarray(np.nan if result.recon_error is None else result.recon_error)}
+    arrays, hit = cached_arrays("sids", key, compute, meta=tok.identity())
+    error = float(arrays["recon_error"])
+    codes = SIDCodes(arrays["codes"].astype(np.int64), [int(w) for w in arrays["widths"]],
+                     recon_error=None if np.isnan(error) else error)
+    return codes, {**tok.identity(), "key": key, "cached": hit}
+
+
+def semantic_ids(items: pd.DataFrame, text_fields: Sequence[str], embedder: str = "tfidf-svd",
+                 embedder_options: dict[str, Any] | None = None, tokenizer: str = "rkmeans",
+                 tokenizer_options: dict[str, Any] | None = None, collisions: str = "dedup-token",
+                 seed: int = 0, embeddings: np.ndarray | None = None) -> tuple[SIDTable, dict[str, Any]]:
+    provenance: dict[str, Any] = {}
+    if embeddings is None:
+        embeddings, provenance["embedder"] = embed_items(items, text_fields, embedder, **(embedder_options or {}))
+    else:
+        provenance["embedder"] = {"embedder": "given", "key": content_key(embeddings)}
+    codes, provenance["tokenizer"] = fit_codes(embeddings, tokenizer, **{"seed": seed, **(tokenizer_options or {})})
+    table = build_table(codes.codes, codes.widths, collisions, seed)
+    table.info["recon_error"] = codes.recon_error
+    provenance["collisions"] = {"strategy": collisions, **table.info}
+    return table, provenance
+
+
+__all__ = ["STRATEGIES", "TOKENIZERS", "PrefixTrie", "SIDCodes", "SIDTable", "TrainInteractions", "build_table",
+           "fit_codes", "semantic_ids", "sid_report"]
