@@ -93,6 +93,7 @@ class TrainView:
         self.seed = seed
         self.work_dir = work_dir
         self.dataset = dataset
+        self.provenance: dict[str, Any] = {}  # features and SIDs the plugin drew; copied into the run record
 
     def item_text(self) -> list[str]:
         fields = [f for f in self.text_fields if f in self.items.columns]
@@ -101,7 +102,9 @@ class TrainView:
     def semantic_ids(self, **options: Any):
         """The SID provider (`harness.sid.semantic_ids`) over this catalogue: (SIDTable, provenance)."""
         from harness.sid import semantic_ids
-        return semantic_ids(self.items, self.text_fields, **options)
+        table, provenance = semantic_ids(self.items, self.text_fields, **options)
+        self.provenance.setdefault("sids", []).append(provenance)
+        return table, provenance
 
     def interactions(self):
         """Training interactions in the only form interaction-derived tokenizers/embedders accept."""

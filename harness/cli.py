@@ -101,6 +101,27 @@ def build_parser() -> argparse.ArgumentParser:
     board_args(export, dataset_required=False)
     export.add_argument("--out", default=None, help="output folder (default: leaderboards/)")
 
+    sids = sub.add_parser("sids", help="Semantic-ID tools", description="Semantic-ID tools.")
+    ssub = sids.add_subparsers(dest="action", metavar="ACTION")
+    report = ssub.add_parser("report", help="fit (or load cached) SIDs for a dataset and print their diagnostics",
+                             description="Per-level utilisation and entropy, unique SIDs, collisions, prefix fan-out, "
+                             "reconstruction error and neighbourhood agreement with training transitions.")
+    report.add_argument("--dataset", required=True)
+    report.add_argument("--tokenizer", default="rkmeans", help="rkmeans, rvq, rqvae, balanced, index-file")
+    report.add_argument("--embedder", default="tfidf-svd", help="tfidf-svd, sentence-transformers, attributes, "
+                        "precomputed")
+    report.add_argument("--levels", type=int, default=3)
+    report.add_argument("--width", type=int, default=256)
+    report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="tokenizer option, e.g. --set epochs=50 or --set path=Beauty.index.json")
+    report.add_argument("--embedder-set", dest="embedder_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="embedder option, e.g. --embedder-set dim=64 or --embedder-set model=/path/to/model")
+    report.add_argument("--collisions", default="none", help="dedup-token, none, random-pick (default none)")
+    report.add_argument("--data-dir", default=None)
+    report.add_argument("--runs-dir", default=None, help="reports are stored in <runs-dir>/sids/ (default runs/)")
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+
     tune = sub.add_parser("tune", help="Optuna tuning on validation, then the best config over the track's seeds",
                           description="TPE over the plugin's search space; objective on validation only; defaults "
                           "enqueued first; median pruning on intermediate validation metrics.")
@@ -269,6 +290,57 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sids_report(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from harness.config import parse_overrides
+    from harness.data import leave_one_out, load_card, load_dataset
+    from harness.features import embed_items
+    from harness.sid import TrainInteractions, build_table, fit_codes, sid_report
+    from harness.store import default_runs_dir
+
+    card = load_card(args.dataset)
+    dataset = load_dataset(card, args.data_dir)
+    split = leave_one_out(dataset, card.protocol)
+    start = time.perf_counter()
+    x, emb_info = embed_items(dataset.items, dataset.text_fields, args.embedder, **parse_overrides(args.embedder_overrides))
+    embed_s = time.perf_counter() - start
+    options = {"levels": args.levels, "width": args.width, "seed": args.seed, **parse_overrides(args.overrides)}
+    if args.tokenizer == "index-file":
+        options = {k: v for k, v in options.items() if k not in ("levels", "width")}
+    start = time.perf_counter()
+    codes, tok_info = fit_codes(x, args.tokenizer, **options)
+    fit_s = time.perf_counter() - start
+    table = build_table(codes.codes, codes.widths, args.collisions, args.seed)
+    report = sid_report(codes.codes, codes.widths, codes.recon_error,
+                        TrainInteractions.from_split(split, dataset.n_items))
+    report.update({"dataset": card.name, "split_id": split.split_id, "embedder": emb_info, "tokenizer": tok_info,
+                   "collisions": {"strategy": args.collisions, **table.info},
+                   "seconds": {"embed": round(embed_s, 2), "fit": round(fit_s, 2)}})
+    out = Path(args.runs_dir) if args.runs_dir else default_runs_dir()
+    (out / "sids").mkdir(parents=True, exist_ok=True)
+    path = out / "sids" / f"{card.name}-{args.tokenizer}-{tok_info['key'][:12]}.json"
+    path.write_text(json.dumps(report, indent=2, default=str))
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    print(f"{card.name}: {dataset.n_items} items; embedder {args.embedder} (dim {emb_info['dim']}, "
+          f"{'cached' if emb_info['cached'] else f'{embed_s:.1f}s'}); tokenizer {args.tokenizer} "
+          f"{'x'.join(map(str, codes.widths))} ({'cached' if tok_info['cached'] else f'{fit_s:.1f}s'})")
+    print(tabulate([[l["level"], f"{l['utilisation']:.3f}", l["entropy_bits"], l["entropy_ratio"], l["prefix_fanout"]]
+                    for l in report["per_level"]],
+                   headers=["level", "utilisation", "entropy (bits)", "entropy / max", "prefix fan-out"]))
+    recon = "n/a" if report["recon_error"] is None else f"{report['recon_error']:.4f}"
+    print(f"unique SIDs {report['unique_sids']} / {report['items']}  collision rate {report['collision_rate']:.4f}  "
+          f"items in collisions {report['items_in_collisions']}  largest group {report['largest_group']}  "
+          f"mean group {report['mean_group_size']}  reconstruction MSE {recon}")
+    print(tabulate([[n["prefix_len"], n["same_prefix"], n["chance"], n["lift"]] for n in report["neighbourhood"]],
+                   headers=["prefix length", "consecutive pairs sharing it", "chance", "lift"]))
+    print(f"report stored in {path}")
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from harness.multiseed import parse_seeds, run_seeds
     from harness.store import RunStore
@@ -381,6 +453,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_export(args)
         if args.command == "tune":
             return cmd_tune(args, argv)
+        if args.command == "sids":
+            if args.action != "report":
+                parser.parse_args(["sids", "--help"])
+            return cmd_sids_report(args)
         parser.print_help()
         return 0
     except HarnessError as exc:
@@ -389,6 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 0
 
 
 if __name__ == "__main__":

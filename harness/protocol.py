@@ -277,6 +277,7 @@ def run(spec: RunSpec, store: RunStore | None = None, prepared: Prepared | None 
                                                              f"(budget {spec.budget_seconds}s)"
     record["used"] = {"train_seconds": round(train_seconds, 3), "epochs": budget.epochs_done, "device": str(device)}
     record["curves"]["validation"] = validator.curve
+    record["features"] = view.provenance
 
     if record["status"] == "ok":
         try:

@@ -143,3 +143,14 @@ def test_interaction_signals_only_come_from_training_data():
     split.valid.targets[:] = (split.valid.targets + 3) % data.n_items
     after = sid_report(codes, [8, 8], interactions=TrainInteractions.from_split(split, data.n_items))["neighbourhood"]
     assert before == after
+
+
+def test_sids_report_cli_prints_and_stores(tmp_path, capsys):
+    from harness.cli import main
+    code = main(["sids", "report", "--dataset", "synthetic", "--levels", "2", "--width", "8", "--embedder-set",
+                 "dim=16", "--runs-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "unique SIDs" in out and "prefix fan-out" in out and "lift" in out
+    stored = list((tmp_path / "sids").glob("synthetic-rkmeans-*.json"))
+    report = json.loads(stored[0].read_text())
+    assert report["items"] == 400 and len(report["per_level"]) == 2 and report["neighbourhood"]
