@@ -26,10 +26,16 @@ __all__ = [
 
 @dataclass
 class TopK:
-    """Top-k lists for a batch of users: catalogue item ids `[B, k]` (int64, -1 = no item) and scores `[B, k]`."""
+    """Top-k lists for a batch of users: catalogue item ids `[B, k]` (int64, -1 = no item) and scores `[B, k]`.
+
+    Generative methods may add `extras["beam_groups"]` `[B, beam]` (SID group id of each generated SID, -1 if no item
+    has it) and `extras["beam_group_sizes"]`; with the method's `item_group` (item → SID group) the evaluator then
+    reports SID-level recall, invalid-SID rate and the mean collision-group size of returned SIDs.
+    """
 
     items: torch.Tensor
     scores: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Budget:
@@ -126,6 +132,7 @@ class Method:
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    uses_user_ids: ClassVar[bool] = False  # True: recommend/score also get `users=` (dense user indices)
     needs: ClassVar[tuple[str, ...]] = ()
     default_config: ClassVar[dict[str, Any]] = {}
     search_space: ClassVar[dict[str, Any]] = {}

@@ -165,6 +165,9 @@ def make_spec(args: argparse.Namespace, dataset: str, argv: Sequence[str]):
         spec.ks = list(track.ks)
         spec.device = track.device
         spec.track_overrides = dict(track.method_overrides.get(args.method, {}))
+        from harness.registry import get as get_method
+        if "embedder" in get_method(args.method).default_config:  # the track pins the embedder of SID methods
+            spec.track_overrides.setdefault("embedder", track.embedder)
     if budget is not None:
         spec.budget_seconds = parse_budget(budget)
     if getattr(args, "epochs", None) is not None:

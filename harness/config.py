@@ -26,11 +26,20 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def merge_config(defaults: dict[str, Any], overrides: dict[str, Any], method: str) -> dict[str, Any]:
+def merge_config(defaults: dict[str, Any], overrides: dict[str, Any], method: str,
+                 recipes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """defaults ⊕ the named recipe (`recipe=...`, where the plugin has recipes) ⊕ overrides; unknown keys refused."""
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise ConfigError(f"method {method!r} has no config key(s) {unknown}; known: {sorted(defaults)}")
-    return {**defaults, **overrides}
+    merged = dict(defaults)
+    recipe = overrides.get("recipe", defaults.get("recipe"))
+    if recipes and recipe is not None:
+        if recipe not in recipes:
+            raise ConfigError(f"method {method!r} has no recipe {recipe!r}; recipes: {', '.join(recipes)}")
+        merged.update(recipes[recipe])
+    merged.update(overrides)
+    return merged
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -125,7 +125,7 @@ def metrics_from_ranks(ranks: torch.Tensor, ks: Sequence[int]) -> dict[str, np.n
 
 def evaluate_method(method, histories: Sequence[np.ndarray], targets: np.ndarray, n_items: int,
                     ks: Sequence[int] = DEFAULT_KS, exclude_history: bool = False, mode: str = "auto",
-                    batch_size: int = 1024, desc: str = "evaluate") -> EvalResult:
+                    batch_size: int = 1024, desc: str = "evaluate", users: np.ndarray | None = None) -> EvalResult:
     """Rank each target against the full catalogue with the method's `score` (mode 'score') or `recommend` ('topk').
 
     'auto' uses `score` when the plugin has it, else `recommend` with k = max(ks).
@@ -134,23 +134,26 @@ def evaluate_method(method, histories: Sequence[np.ndarray], targets: np.ndarray
         mode = "score" if method.has_score() else "topk"
     k_max = max(ks)
     target_tensor = torch.as_tensor(np.asarray(targets, dtype=np.int64))
-    all_ranks, counts = [], {}
+    all_ranks, counts, generative = [], {}, {}
+    pass_users = getattr(method, "uses_user_ids", False) and users is not None
     with torch.no_grad():
         for start in tqdm(range(0, len(histories), batch_size), desc=desc, leave=False, disable=None):
             hist = list(histories[start:start + batch_size])
             tgt = target_tensor[start:start + batch_size]
             exclude = hist if exclude_history else None
+            kwargs = {"users": np.asarray(users[start:start + batch_size])} if pass_users else {}
             if mode == "score":
-                scores = method.score(hist, None)
+                scores = method.score(hist, None, **kwargs)
                 if scores.shape != (len(hist), n_items):
                     raise EvaluationError(f"score() returned shape {tuple(scores.shape)}, expected "
                                           f"[{len(hist)}, {n_items}]")
                 all_ranks.append(ranks_from_scores(scores.detach().cpu(), tgt, exclude))
             else:
                 extra = max((len(h) for h in hist), default=0) if exclude_history else 0
-                top = method.recommend(hist, min(n_items, k_max + extra))
+                top = method.recommend(hist, min(n_items, k_max + extra), **kwargs)
                 ranks, batch_counts = ranks_from_topk(top.items.detach().cpu(), top.scores.detach().cpu(), tgt,
                                                       n_items, exclude)
+                _generative_counts(method, top, tgt, ks, generative)
                 all_ranks.append(ranks)
                 for key, value in batch_counts.items():
                     counts[key] = counts.get(key, 0) + value
@@ -163,4 +166,39 @@ def evaluate_method(method, histories: Sequence[np.ndarray], targets: np.ndarray
     if counts:
         slots = max(1, counts["slots"])
         diagnostics = {"topk_" + key + "_rate": value / slots for key, value in counts.items() if key != "slots"}
+    if generative:
+        n_users = max(1, generative.pop("users"))
+        beams = max(1, generative.pop("beams"))
+        valid = max(1, generative.pop("valid_beams"))
+        diagnostics["invalid_sid_rate"] = generative.pop("invalid") / beams
+        diagnostics["mean_group_size_returned"] = generative.pop("group_size_sum") / valid
+        for key, value in generative.items():  # sid_recall@k: the target's SID among the first k generated SIDs
+            diagnostics[key] = value / n_users
+        for k in ks:
+            if f"sid_recall@{k}" in diagnostics and f"recall@{k}" in metrics:
+                diagnostics[f"item_recall@{k}"] = metrics[f"recall@{k}"]
     return EvalResult(per_user=per_user, metrics=metrics, diagnostics=diagnostics, mode=mode)
+
+
+def _generative_counts(method, top, targets: torch.Tensor, ks: Sequence[int], acc: dict[str, float]) -> None:
+    groups = top.extras.get("beam_groups") if top.extras else None
+    item_group = getattr(method, "item_group", None)
+    if groups is None:
+        return
+    groups = groups.detach().cpu()
+    sizes = top.extras.get("beam_group_sizes")
+    valid = groups >= 0
+    acc["users"] = acc.get("users", 0) + len(groups)
+    acc["beams"] = acc.get("beams", 0) + groups.numel()
+    acc["valid_beams"] = acc.get("valid_beams", 0) + int(valid.sum())
+    acc["invalid"] = acc.get("invalid", 0) + int((~valid).sum())
+    if sizes is not None:
+        acc["group_size_sum"] = acc.get("group_size_sum", 0) + float(sizes.detach().cpu()[valid].sum())
+    else:
+        acc.setdefault("group_size_sum", 0.0)
+    if item_group is not None:
+        target_group = torch.as_tensor(np.asarray(item_group))[targets]
+        hit = groups == target_group[:, None]
+        for k in ks:
+            if k <= groups.shape[1]:
+                acc[f"sid_recall@{k}"] = acc.get(f"sid_recall@{k}", 0) + int(hit[:, :k].any(dim=1).sum())

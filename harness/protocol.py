@@ -78,7 +78,7 @@ class Validator:
 
     def __call__(self, method: Method) -> dict[str, float]:
         result = evaluate_method(method, self._part.histories, self._part.targets, self._n_items, self._ks,
-                                 self._exclude, desc="validate")
+                                 self._exclude, desc="validate", users=self._part.users)
         self.curve.append({"call": len(self.curve) + 1, "elapsed_s": round(time.monotonic() - self._start, 3),
                            **{k: round(v, 6) for k, v in result.metrics.items()}})
         log.info("validation %d at %.0fs: recall@10 %.4f ndcg@10 %.4f", len(self.curve), self.curve[-1]["elapsed_s"],
@@ -160,27 +160,32 @@ def _peak_memory_mb(device: torch.device) -> dict[str, float]:
 
 
 def measure_latency(method: Method, histories: Sequence[np.ndarray], k: int, n_users: int, batch: int,
-                    device: torch.device) -> dict[str, Any]:
+                    device: torch.device, users: np.ndarray | None = None) -> dict[str, Any]:
     """p50/p95/p99 of `recommend` per user at batch 1 after warm-up, and users/s at batch `batch`."""
     if not histories:
         return {}
     rng = np.random.default_rng(0)
     picks = rng.choice(len(histories), size=min(n_users, len(histories)), replace=False)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    pass_users = getattr(method, "uses_user_ids", False) and users is not None
+
+    def kw(index):
+        return {"users": np.asarray(users)[index]} if pass_users else {}
     times = []
     with torch.no_grad():
         for i in picks[:3]:  # warm-up
-            method.recommend([histories[i]], k)
+            method.recommend([histories[i]], k, **kw([i]))
         for i in picks:
             sync()
             start = time.perf_counter()
-            method.recommend([histories[i]], k)
+            method.recommend([histories[i]], k, **kw([i]))
             sync()
             times.append((time.perf_counter() - start) * 1000)
-        chunk = [histories[i] for i in rng.choice(len(histories), size=min(batch, len(histories)), replace=False)]
+        chosen = rng.choice(len(histories), size=min(batch, len(histories)), replace=False)
+        chunk = [histories[i] for i in chosen]
         sync()
         start = time.perf_counter()
-        method.recommend(chunk, k)
+        method.recommend(chunk, k, **kw(chosen))
         sync()
         elapsed = time.perf_counter() - start
     p50, p95, p99 = np.percentile(times, [50, 95, 99])
@@ -204,7 +209,8 @@ class Prepared:
 def prepare(spec: RunSpec) -> Prepared:
     """Resolve the method and its config, load and verify the data, split it. Raises HarnessError on user errors."""
     method_cls = registry.get(spec.method)
-    config = merge_config(method_cls.default_config, {**spec.track_overrides, **spec.overrides}, spec.method)
+    config = merge_config(method_cls.default_config, {**spec.track_overrides, **spec.overrides}, spec.method,
+                          getattr(method_cls, "recipes", None))
     card = load_card(spec.dataset)
     dataset = load_dataset(card, spec.data_dir, **spec.dataset_options)
     split = leave_one_out(dataset, {**card.protocol, **spec.protocol})
@@ -283,20 +289,20 @@ def run(spec: RunSpec, store: RunStore | None = None, prepared: Prepared | None 
         try:
             with torch.no_grad():
                 valid = evaluate_method(method, split.valid.histories, split.valid.targets, dataset.n_items, spec.ks,
-                                        exclude_history, desc="validate")
+                                        exclude_history, desc="validate", users=split.valid.users)
                 record["metrics"] = {"valid": _round(valid.metrics)}
                 record["eval"]["mode"] = valid.mode
-                record["diagnostics"].update(valid.diagnostics)
+                record["diagnostics"].update({f"valid_{k}": v for k, v in valid.diagnostics.items()})
                 per_user = {"valid": valid.per_user, "users": {"index": split.valid.users}}
                 if spec.evaluate_test:  # once, after fit; never for tuning trials
                     test = evaluate_method(method, split.test.histories, split.test.targets, dataset.n_items,
-                                           spec.ks, exclude_history, desc="test")
+                                           spec.ks, exclude_history, desc="test", users=split.test.users)
                     record["metrics"]["test"] = _round(test.metrics)
                     record["diagnostics"].update(test.diagnostics)
                     per_user["test"] = test.per_user
             record["diagnostics"].update(method.diagnostics())
             record["latency"] = measure_latency(method, split.valid.histories, max(spec.ks), spec.latency_users,
-                                                spec.throughput_batch, device)
+                                                spec.throughput_batch, device, split.valid.users)
         except (EvaluationError, NotImplementedError) as exc:
             record["status"], record["failure"] = "failed", f"{type(exc).__name__} in evaluation: {exc}"
         except Exception as exc:

@@ -35,6 +35,8 @@ def attach_yaml(cls: type) -> type:
                 cls.default_config = dict(spec.get("config") or {})
             if not cls.__dict__.get("search_space"):
                 cls.search_space = dict(spec.get("search_space") or {})
+            if not cls.__dict__.get("recipes"):
+                cls.recipes = dict(spec.get("recipes") or {})
     return cls
 
 

@@ -1,6 +1,7 @@
 """The run store: records and per-user arrays round-trip; parallel writer processes lose nothing."""
 import multiprocessing as mp
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
@@ -27,10 +28,10 @@ def _one_run(args):
 
 def test_parallel_writers_lose_nothing(tmp_path):
     runs_dir = str(tmp_path / "runs")
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(4) as pool:
-        written = sum(pool.map(_write_many, [(runs_dir, w, 25) for w in range(4)]))
-        run_ids = pool.map(_one_run, [(runs_dir, seed) for seed in range(4)])
+    # ProcessPoolExecutor raises if a worker dies (a multiprocessing.Pool would wait forever)
+    with ProcessPoolExecutor(4, mp_context=mp.get_context("spawn")) as pool:
+        written = sum(pool.map(_write_many, [(runs_dir, w, 25) for w in range(4)], timeout=300))
+        run_ids = list(pool.map(_one_run, [(runs_dir, seed) for seed in range(4)], timeout=300))
     store = RunStore(runs_dir=runs_dir)
     records = store.records()
     assert len(records) == written + 4

@@ -1,0 +1,1 @@
+"""Shared torch building blocks: SID transformer with KV cache, batched beam search, generative retrieval engine."""

@@ -1,0 +1,204 @@
+"""The generative-retrieval engine every SID method stands on: SIDs from the provider, a seq2seq generator trained
+with teacher-forced next-SID cross-entropy, batched beam search, and resolution of generated SIDs to items.
+
+A method plugin subclasses `GenerativeRetrieval` and changes only what its paper changes (tokenizer, collision
+strategy, user tokens, extra losses or scoring). Every GRID ablation is a config value:
+tokenizer / levels / width (Tables 1-2), arch encdec | deconly (Table 5), user_buckets (Table 4), sliding_window
+(Table 6), collisions dedup-token | none | random-pick (Table 7), constrained beam on/off (Table 8).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from harness.api import Budget, EarlyStopping, Method, TopK, TrainView, check_finite
+from harness.nn.beam import beam_search
+from harness.nn.transformer import ModelShape, SIDTransformer
+from harness.sid import PrefixTrie, SIDTable
+
+
+def training_samples(sequences: list[np.ndarray], max_history: int, sliding_window: bool):
+    """(user, history items [S, N] left-padded with -1, target [S]). With the sliding window every position of every
+    training sequence is a target (GRID §4.2); without it only each sequence's last item."""
+    users, hists, targets = [], [], []
+    for user, seq in enumerate(sequences):
+        if len(seq) < 2:
+            continue
+        positions = range(1, len(seq)) if sliding_window else [len(seq) - 1]
+        for t in positions:
+            hist = seq[max(0, t - max_history):t]
+            row = np.full(max_history, -1, dtype=np.int64)
+            row[max_history - len(hist):] = hist
+            users.append(user)
+            hists.append(row)
+            targets.append(seq[t])
+    return (torch.as_tensor(np.array(users, dtype=np.int64)), torch.as_tensor(np.array(hists)),
+            torch.as_tensor(np.array(targets, dtype=np.int64)))
+
+
+class SIDResolver:
+    """Generated SIDs → catalogue items under the table's collision strategy."""
+
+    def __init__(self, table: SIDTable, device: torch.device):
+        widths = torch.as_tensor(table.widths, dtype=torch.int64)
+        self.radix = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.int64), widths.flip(0)[:-1]]), 0).flip(0)
+        keys = (torch.as_tensor(table.sids) * self.radix).sum(1)
+        self.sorted_keys, self.order = keys.sort()
+        self.sizes = torch.as_tensor(np.diff(table.members_offsets))
+        self.offsets = torch.as_tensor(table.members_offsets[:-1])
+        self.members = torch.as_tensor(table.members)
+        self.pick = None if table.pick is None else torch.as_tensor(table.pick)
+        self.expand_groups = table.strategy == "none"
+
+    def groups(self, sids: torch.Tensor) -> torch.Tensor:
+        """[B, beam, L] → SID group id [B, beam] (-1 where no item has that SID)."""
+        keys = (sids.cpu() * self.radix).sum(-1)
+        pos = torch.searchsorted(self.sorted_keys, keys).clamp(max=len(self.sorted_keys) - 1)
+        found = self.sorted_keys[pos] == keys
+        return torch.where(found, self.order[pos], torch.full_like(pos, -1))
+
+    def items(self, groups: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k items: each valid SID in beam order contributes its item (dedup / random pick) or its whole
+        collision group (vanilla GR) until k items; items inherit their SID's beam score."""
+        batch, beam = groups.shape
+        valid = groups >= 0
+        safe = groups.clamp(min=0)
+        if not self.expand_groups:
+            item = self.members[self.offsets[safe]] if self.pick is None else self.pick[safe]
+            item = torch.where(valid, item, torch.full_like(item, -1))
+            score = torch.where(valid, scores.cpu(), torch.full_like(scores.cpu(), float("-inf")))
+            keep = valid.long().argsort(dim=1, descending=True, stable=True)[:, :k]  # valid SIDs first, in order
+            return item.gather(1, keep), score.gather(1, keep)
+        sizes = torch.where(valid, self.sizes[safe], torch.zeros_like(safe))
+        flat_sizes = sizes.reshape(-1)
+        slot = torch.repeat_interleave(torch.arange(batch * beam), flat_sizes)
+        within = torch.arange(len(slot)) - torch.repeat_interleave(flat_sizes.cumsum(0) - flat_sizes, flat_sizes)
+        item = self.members[self.offsets[safe.reshape(-1)[slot]] + within]
+        user = slot // beam
+        start = torch.repeat_interleave((sizes.sum(1).cumsum(0) - sizes.sum(1)), sizes.sum(1))
+        rank = torch.arange(len(slot)) - start
+        keep = rank < k
+        out_items = torch.full((batch, k), -1, dtype=torch.int64)
+        out_scores = torch.full((batch, k), float("-inf"))
+        out_items[user[keep], rank[keep]] = item[keep]
+        out_scores[user[keep], rank[keep]] = scores.cpu().reshape(-1)[slot[keep]]
+        return out_items, out_scores
+
+
+class GenerativeRetrieval(Method):
+    """Shared fit / recommend of SID generators. Subclasses set name, paper and the YAML config beside them."""
+
+    needs = ("item_text", "sids")
+    uses_user_ids = True
+
+    # --- SIDs ---------------------------------------------------------------------------------------------------
+    def build_sids(self, train: TrainView) -> SIDTable:
+        cfg = self.config
+        table, self.sid_provenance = train.semantic_ids(
+            embedder=cfg["embedder"], embedder_options=cfg.get("embedder_options") or {},
+            tokenizer=cfg["tokenizer"], collisions=cfg["collisions"], seed=cfg["sid_seed"],
+            tokenizer_options={"levels": cfg["levels"], "width": cfg["width"], **(cfg.get("tokenizer_options") or {})})
+        return table
+
+    # --- training -----------------------------------------------------------------------------------------------
+    def fit(self, train: TrainView, budget: Budget) -> None:
+        cfg = self.config
+        self.device = train.device
+        self.table = self.build_sids(train)
+        self.item_group = self.table.group_of  # item → SID group (for SID-level diagnostics)
+        self.item_sids = torch.as_tensor(self.table.codes, device=self.device)
+        self.trie = PrefixTrie(self.table.codes, self.table.widths, self.device) if cfg["constrained"] else None
+        self.resolver = SIDResolver(self.table, self.device)
+        shape = ModelShape(widths=list(self.table.widths), user_buckets=cfg["user_buckets"], d_model=cfg["d_model"],
+                           heads=cfg["heads"], d_head=cfg["d_head"], d_ff=cfg["d_ff"], enc_layers=cfg["enc_layers"],
+                           dec_layers=cfg["dec_layers"], dropout=cfg["dropout"], max_history=cfg["max_history"],
+                           arch=cfg["arch"])
+        self.model = SIDTransformer(shape).to(self.device)
+        users, hists, targets = training_samples(train.sequences, cfg["max_history"], cfg["sliding_window"])
+        optimizer_cls = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
+        optimizer = optimizer_cls(self.model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        warmup = max(1, int(cfg["warmup_steps"]))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        generator = torch.Generator().manual_seed(train.seed)
+        stopper = EarlyStopping(cfg["valid_metric"], cfg["patience"])
+        step = 0
+        for epoch in tqdm(range(budget.epochs(int(cfg["epochs"]))), desc=f"{self.name} epochs", leave=False,
+                          disable=None):
+            self.model.train()
+            for idx in torch.randperm(len(targets), generator=generator).split(cfg["batch_size"]):
+                if budget.exhausted():
+                    break
+                loss = self.training_loss(users[idx], hists[idx], targets[idx])
+                check_finite(loss, step)
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                step += 1
+            budget.epoch_done()
+            if budget.exhausted():
+                break
+            if (epoch + 1) % cfg["eval_every"] == 0:
+                self.model.eval()
+                if stopper.update(train.validate(self), self.model):
+                    break
+        stopper.restore(self.model)
+        self.model.eval()
+
+    def history_sids(self, hists: torch.Tensor) -> torch.Tensor:
+        """Item ids [B, N] (-1 = padding) → SIDs [B, N, L] (-1 rows for padding)."""
+        hists = hists.to(self.device)
+        sids = self.item_sids[hists.clamp(min=0)]
+        return torch.where((hists >= 0)[..., None], sids, torch.full_like(sids, -1))
+
+    def training_loss(self, users: torch.Tensor, hists: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced cross-entropy of the target's SID, summed over levels (averaged over the batch)."""
+        target_sids = self.item_sids[targets.to(self.device)]
+        logits = self.model(self.history_sids(hists), users.to(self.device), target_sids)
+        return sum(F.cross_entropy(lg, target_sids[:, level]) for level, lg in enumerate(logits))
+
+    # --- inference ----------------------------------------------------------------------------------------------
+    def _padded(self, histories: list[np.ndarray]) -> torch.Tensor:
+        n = self.config["max_history"]
+        out = torch.full((len(histories), n), -1, dtype=torch.long)
+        for row, hist in enumerate(histories):
+            tail = np.asarray(hist[-n:], dtype=np.int64)
+            if len(tail):
+                out[row, n - len(tail):] = torch.from_numpy(tail)
+        return out
+
+    @torch.no_grad()
+    def generate(self, histories: list[np.ndarray], users: np.ndarray | None, beam: int):
+        """Beam search in chunks of users: SIDs [B, beam, L] and log-probabilities [B, beam]."""
+        self.model.eval()
+        chunk = max(1, int(self.config["decode_batch"]))
+        all_sids, all_scores = [], []
+        user_tensor = None if users is None else torch.as_tensor(np.asarray(users, dtype=np.int64))
+        for start in range(0, len(histories), chunk):
+            hist = self.history_sids(self._padded(histories[start:start + chunk]))
+            u = None if user_tensor is None else user_tensor[start:start + chunk].to(self.device)
+            sids, scores = beam_search(self.model, hist, u, beam, self.trie)
+            all_sids.append(sids.cpu())
+            all_scores.append(scores.cpu())
+        return torch.cat(all_sids), torch.cat(all_scores)
+
+    def recommend(self, histories: list[np.ndarray], k: int, users: np.ndarray | None = None) -> TopK:
+        beam = max(int(self.config["beam"]), k)
+        sids, scores = self.generate(histories, users, beam)
+        groups = self.resolver.groups(sids)
+        items, item_scores = self.resolver.items(groups, scores, k)
+        sizes = torch.where(groups >= 0, self.resolver.sizes[groups.clamp(min=0)], torch.zeros_like(groups))
+        return TopK(items=items, scores=item_scores, extras={"beam_groups": groups, "beam_group_sizes": sizes})
+
+    def diagnostics(self) -> dict[str, Any]:
+        info = dict(self.table.info) if hasattr(self, "table") else {}
+        info["sid_levels"] = list(self.table.widths) if hasattr(self, "table") else None
+        info["sids"] = getattr(self, "sid_provenance", None)
+        info["constrained"] = bool(self.config.get("constrained"))
+        return info
