@@ -52,7 +52,14 @@ class RunStore:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True)
-        self._retry(lambda: metadata.create_all(self.engine))
+        self._retry(self._create_tables)
+
+    def _create_tables(self) -> None:
+        try:
+            metadata.create_all(self.engine)
+        except OperationalError as exc:  # another process created them between the check and the CREATE
+            if "already exists" not in str(exc):
+                raise
 
     def run_dir(self, run_id: str) -> Path:
         path = self.runs_dir / run_id
