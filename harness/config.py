@@ -57,3 +57,13 @@ def parse_budget(text: str | None) -> float | None:
     if not match or (match.group(2) and match.group(2) not in _UNITS):
         raise ConfigError(f"malformed budget {text!r}: use e.g. 90s, 20m, 1.5h or 1gpu-h")
     return float(match.group(1)) * _UNITS.get(match.group(2) or "s", 1)
+
+
+def make_named(table: dict[str, Any], kind: str, name: str, **options: Any) -> Any:
+    """Instantiate `table[name](**options)` with one clear error for an unknown name or bad options."""
+    if name not in table:
+        raise ConfigError(f"unknown {kind} {name!r}; available: {', '.join(table)}")
+    try:
+        return table[name](**options)
+    except TypeError as exc:
+        raise ConfigError(f"bad options for {kind} {name!r}: {exc}") from None

@@ -15,7 +15,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from harness.errors import ConfigError, HarnessError
+from harness.config import make_named
+from harness.errors import HarnessError
 
 EMBEDDERS: dict[str, Callable[..., "Embedder"]] = {}
 
@@ -156,9 +157,4 @@ class Precomputed(Embedder):
 
 
 def make_embedder(name: str, **options: Any) -> Embedder:
-    if name not in EMBEDDERS:
-        raise ConfigError(f"unknown embedder {name!r}; available: {', '.join(EMBEDDERS)}")
-    try:
-        return EMBEDDERS[name](**options)
-    except TypeError as exc:
-        raise ConfigError(f"bad options for embedder {name!r}: {exc}") from None
+    return make_named(EMBEDDERS, "embedder", name, **options)

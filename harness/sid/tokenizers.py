@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.config import make_named
 from harness.errors import ConfigError, HarnessError
 
 TOKENIZERS: dict[str, type["Tokenizer"]] = {}
@@ -307,9 +308,4 @@ class IndexFile(Tokenizer):
 
 
 def make_tokenizer(name: str, **options: Any) -> Tokenizer:
-    if name not in TOKENIZERS:
-        raise ConfigError(f"unknown tokenizer {name!r}; available: {', '.join(TOKENIZERS)}")
-    try:
-        return TOKENIZERS[name](**options)
-    except TypeError as exc:
-        raise ConfigError(f"bad options for tokenizer {name!r}: {exc}") from None
+    return make_named(TOKENIZERS, "tokenizer", name, **options)
