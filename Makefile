@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 
 $(BIN)/harness: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev,text]'
+	$(BIN)/pip install --quiet -e '.[dev,text,app]'
 	touch $(BIN)/harness
 
 setup: $(BIN)/harness

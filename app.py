@@ -1,0 +1,178 @@
+"""gr-harness leaderboard: `streamlit run app.py`.
+
+Reads the published boards (`leaderboards/<track>/*.jsonl`, or $HARNESS_LEADERBOARDS_DIR) and, when it exists, the
+local run store (`runs/harness.db`, or $HARNESS_RUNS_DIR / $HARNESS_STORE). It never writes anything.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from harness.results import LEADERBOARDS_DIR, ResultSet, load_results, row_label
+from harness.stats import seed_summary
+from harness.store import RunStore, default_runs_dir, default_url
+from harness.tables import compare_rows, leaderboard_rows
+
+st.set_page_config(page_title="gr-harness leaderboard", layout="wide")
+
+
+def local_store() -> RunStore | None:
+    """The local store, only if it already exists (opening it must not create anything)."""
+    url = default_url(default_runs_dir())
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        return None
+    return RunStore(url, default_runs_dir())
+
+
+def all_results(include_stale: bool) -> ResultSet:
+    boards = Path(os.environ.get("HARNESS_LEADERBOARDS_DIR", LEADERBOARDS_DIR))
+    return load_results(store=local_store(), published=boards.exists(), include_stale=include_stale,
+                        leaderboards_dir=boards)
+
+
+def numeric_rows(results: ResultSet, metric: str) -> pd.DataFrame:
+    rows = []
+    for label, records in results.groups().items():
+        values = [r["metrics"]["test"].get(metric) for r in records]
+        s = seed_summary([v for v in values if v is not None])
+        lat = [(r.get("latency") or {}).get("p50_ms") for r in records]
+        train = [(r.get("used") or {}).get("train_seconds") for r in records]
+        rows.append({"method": label, metric: s["mean"],
+                     "p50_ms": float(np.median([x for x in lat if x is not None])) if any(lat) else np.nan,
+                     "train_s": float(np.median([x for x in train if x is not None])) if any(train) else np.nan})
+    return pd.DataFrame(rows)
+
+
+def pareto(frame: pd.DataFrame, cost: str, quality: str) -> pd.DataFrame:
+    """Rows no other row beats on both lower cost and higher quality."""
+    frame = frame.dropna(subset=[cost, quality]).sort_values([cost, quality], ascending=[True, False])
+    front, best = [], -np.inf
+    for _, row in frame.iterrows():
+        if row[quality] > best:
+            front.append(row)
+            best = row[quality]
+    return pd.DataFrame(front)
+
+
+def cost_chart(frame: pd.DataFrame, cost: str, metric: str, title: str):
+    points = alt.Chart(frame).mark_circle(size=90).encode(
+        x=alt.X(cost, scale=alt.Scale(type="log")), y=metric, color="method", tooltip=list(frame.columns))
+    front = alt.Chart(pareto(frame, cost, metric)).mark_line(strokeDash=[4, 4], color="gray").encode(x=cost, y=metric)
+    return (points + front).properties(title=title, height=300)
+
+
+def leaderboard_view(results: ResultSet) -> None:
+    tracks = sorted({str(r.get("track")) for r in results.records})
+    track = st.selectbox("Track", tracks)
+    datasets = sorted({r["dataset"] for r in results.records if str(r.get("track")) == track})
+    dataset = st.selectbox("Dataset", datasets)
+    subset = ResultSet(records=[r for r in results.records if str(r.get("track")) == track and r["dataset"] == dataset],
+                       _sources=results._sources)
+    ks = subset.records[0].get("eval", {}).get("ks") or [5, 10, 20, 50]
+    metric = st.selectbox("Metric for ties and plots", [f"ndcg@{k}" for k in ks] + [f"recall@{k}" for k in ks],
+                          index=min(1, len(ks) - 1))
+    rows = leaderboard_rows(subset, ks, metric)
+    st.caption(f"{len(subset.records)} runs · split {subset.records[0].get('split_id', '')[:12]} · ties: methods not "
+               f"significantly below the best on {metric} (Wilcoxon over users, Holm-corrected, α = 0.05)")
+    table = pd.DataFrame(rows)
+    table.insert(0, "", ["★ best" if r["tied_with_best"] == "best" else ("≈ tied" if r["tied_with_best"] == "tied"
+                                                                        else "") for r in rows])
+    st.dataframe(table.drop(columns=["tied_with_best"]), hide_index=True, use_container_width=True)
+    numbers = numeric_rows(subset, metric)
+    left, right = st.columns(2)
+    left.altair_chart(cost_chart(numbers, "p50_ms", metric, f"{metric} vs latency (p50 ms/user)"),
+                      use_container_width=True)
+    right.altair_chart(cost_chart(numbers, "train_s", metric, f"{metric} vs training time (s)"),
+                       use_container_width=True)
+    spread = pd.DataFrame([{"method": row_label(r), "seed": r.get("seed"), metric: r["metrics"]["test"].get(metric)}
+                           for r in subset.records])
+    st.altair_chart(alt.Chart(spread).mark_tick(thickness=3, size=30).encode(
+        x=metric, y="method", tooltip=["method", "seed", metric]).properties(title="per-seed spread", height=200),
+        use_container_width=True)
+    generative = [r for r in subset.records if "invalid_sid_rate" in r.get("diagnostics", {})]
+    if generative:
+        st.subheader("Generative diagnostics")
+        keys = ["invalid_sid_rate", "mean_group_size_returned", "topk_duplicates_rate", "sid_recall@10", "item_recall@10"]
+        st.dataframe(pd.DataFrame([{"method": row_label(r), "seed": r.get("seed"),
+                                    **{k: r["diagnostics"].get(k) for k in keys}} for r in generative]),
+                     hide_index=True)
+    curves = [(r, c) for r in subset.records for c in (r.get("curves") or {}).get("validation", [])]
+    if curves:
+        st.subheader("Validation curves")
+        frame = pd.DataFrame([{"run": f"{row_label(r)} s{r.get('seed')}", "round": c["call"], metric: c.get(metric)}
+                              for r, c in curves])
+        st.altair_chart(alt.Chart(frame).mark_line().encode(x="round", y=metric, color="run"),
+                        use_container_width=True)
+
+
+def compare_view(results: ResultSet) -> None:
+    datasets = sorted({(str(r.get("track")), r["dataset"]) for r in results.records})
+    track, dataset = st.selectbox("Track / dataset", datasets, format_func=lambda t: f"{t[0]} / {t[1]}")
+    subset = ResultSet(records=[r for r in results.records if (str(r.get("track")), r["dataset"]) == (track, dataset)],
+                       _sources=results._sources)
+    groups = subset.groups()
+    labels = sorted(groups)
+    if len(labels) < 2:
+        st.info("Two methods with results on this dataset are needed for a comparison.")
+        return
+    a = st.selectbox("Method A", labels, index=0)
+    b = st.selectbox("Method B", labels, index=1)
+    ks = subset.records[0].get("eval", {}).get("ks") or [5, 10, 20, 50]
+    rows = []
+    for metric in [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks]:
+        pair = compare_rows(subset, {a: groups[a], b: groups[b]}, metric, "wilcoxon", "holm", 0.05)
+        other = next(r for r in pair if r["tied"] != "best")
+        best = next(r for r in pair if r["tied"] == "best")
+        rows.append({"metric": metric, "better": best["method"], "difference": other["diff vs best"],
+                     "bootstrap 95% CI": other["boot 95% CI"], "p wilcoxon": other["p wilcoxon"],
+                     "p paired-t": other["p paired-t"], "significant": "yes" if other["tied"] == "no" else "no"})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
+    metric = st.selectbox("Per-user difference of", [r["metric"] for r in rows])
+    per_a = [subset.per_user(r) for r in groups[a]]
+    per_b = [subset.per_user(r) for r in groups[b]]
+    if all(x is not None for x in per_a + per_b):
+        diff = np.mean([x[metric] for x in per_a], axis=0) - np.mean([x[metric] for x in per_b], axis=0)
+        st.altair_chart(alt.Chart(pd.DataFrame({f"{a} − {b}": diff})).mark_bar().encode(
+            x=alt.X(f"{a} − {b}", bin=alt.Bin(maxbins=40)), y="count()").properties(
+            title=f"per-user {metric} difference (mean over seeds)"), use_container_width=True)
+    else:
+        st.warning("Per-user arrays are missing for some runs; the histogram needs them.")
+
+
+def detail_view(results: ResultSet) -> None:
+    ids = [r["run_id"] for r in results.records]
+    run_id = st.selectbox("Run", ids)
+    record = next(r for r in results.records if r["run_id"] == run_id)
+    st.markdown(f"**{record['method']}** on **{record['dataset']}**, seed {record.get('seed')}, "
+                f"track {record.get('track')}, status `{record['status']}`")
+    st.code(record.get("command") or "(command not recorded)", language="bash")
+    cols = st.columns(3)
+    cols[0].write({"split_id": record.get("split_id"), "git_sha": record.get("git_sha"),
+                   "metric_version": record.get("metric_version"), "protocol_version": record.get("protocol_version")})
+    cols[1].write({"budget": record.get("budget"), "used": record.get("used")})
+    cols[2].write({"versions": record.get("versions"), "hardware": record.get("hardware")})
+    st.json(record, expanded=False)
+
+
+def main() -> None:
+    st.title("gr-harness leaderboard")
+    include_stale = st.sidebar.checkbox("Show stale records (older metric/protocol versions)", value=False)
+    results = all_results(include_stale)
+    for problem in results.broken:
+        st.warning(f"Skipped a broken record: {problem}")
+    if results.stale and not include_stale:
+        st.sidebar.caption(f"{len(results.stale)} stale record(s) hidden")
+    if not results.records:
+        st.info("No results yet. Produce the first run with `harness run --method sasrec --dataset synthetic`, "
+                "or a board entry with `harness run --track smoke --method sasrec` (3 seeds), then reload.")
+        return
+    view = st.sidebar.radio("View", ["Leaderboard", "Compare", "Run detail"])
+    {"Leaderboard": leaderboard_view, "Compare": compare_view, "Run detail": detail_view}[view](results)
+
+
+main()
