@@ -171,7 +171,9 @@ def main() -> None:
         st.info("No results yet. Produce the first run with `harness run --method sasrec --dataset synthetic`, "
                 "or a board entry with `harness run --track smoke --method sasrec` (3 seeds), then reload.")
         return
-    view = st.sidebar.radio("View", ["Leaderboard", "Compare", "Run detail"])
+    views = ["Leaderboard", "Compare", "Run detail"]
+    requested = st.query_params.get("view", "Leaderboard")  # ?view=Compare opens a view directly
+    view = st.sidebar.radio("View", views, index=views.index(requested) if requested in views else 0)
     {"Leaderboard": leaderboard_view, "Compare": compare_view, "Run detail": detail_view}[view](results)
 
 
