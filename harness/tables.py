@@ -51,6 +51,7 @@ def leaderboard_rows(results: ResultSet, ks: Sequence[int], primary: str, correc
             row["auc"] = _ci([t["auc"] for t in test if "auc" in t])
         lat = [r.get("latency") or {} for r in records]
         row["p50_ms"] = _median([l.get("p50_ms") for l in lat])
+        row["p99_ms"] = _median([l.get("p99_ms") for l in lat])
         row["users_per_s"] = _median([l.get("users_per_s") for l in lat])
         row["params"] = _median([r.get("params") for r in records])
         row["train_s"] = _median([r.get("used", {}).get("train_seconds") for r in records])
