@@ -57,6 +57,7 @@ def leaderboard_rows(results: ResultSet, ks: Sequence[int], primary: str, correc
         row["train_s"] = _median([r.get("used", {}).get("train_seconds") for r in records])
         row["budget_s"] = records[0].get("budget", {}).get("seconds")
         row["tuning_trials"] = (records[0].get("tuning") or {}).get("trials", 0)
+        row["note"] = "fewer than 3 seeds: not a board entry" if len(records) < 3 else ""
         row["_mean"] = seed_summary([t[primary] for t in test if primary in t])["mean"]
         rows.append(row)
     rows.sort(key=lambda r: -np.nan_to_num(r["_mean"], nan=-1))
