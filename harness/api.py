@@ -102,8 +102,9 @@ class TrainView:
         self.provenance: dict[str, Any] = {}  # features and SIDs the plugin drew; copied into the run record
 
     def item_text(self) -> list[str]:
-        fields = [f for f in self.text_fields if f in self.items.columns]
-        return [" ".join(str(row[f]) for f in fields if row[f]) for _, row in self.items.iterrows()]
+        """Each item's text from the card's text fields (as the embedders read it)."""
+        from harness.features.embedders import item_texts
+        return item_texts(self.items, self.text_fields)
 
     def semantic_ids(self, **options: Any):
         """The SID provider (`harness.sid.semantic_ids`) over this catalogue: (SIDTable, provenance)."""

@@ -88,7 +88,9 @@ def load_results(track: str | None = None, dataset: str | None = None, store: Ru
                         continue
                     try:
                         record = json.loads(line)
-                        record["run_id"], record["method"], record["status"]  # required fields
+                        missing = [k for k in ("run_id", "method", "status") if k not in record]
+                        if missing:
+                            raise KeyError(f"missing {missing}")
                     except (json.JSONDecodeError, KeyError, TypeError) as exc:
                         result.broken.append(f"{path}:{number}: unreadable record ({type(exc).__name__}: {exc})")
                         continue

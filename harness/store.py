@@ -8,7 +8,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, create_engine, event, select)
@@ -125,8 +125,3 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA busy_timeout=60000")
     cursor.close()
 
-
-def export_jsonl(records: Iterable[dict[str, Any]], path: Path) -> None:
-    with open(path, "a") as handle:
-        for record in records:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from harness.api import Budget, EarlyStopping, Method, TrainView, check_finite, pad_histories, register
+from harness.api import Budget, Method, TrainView, pad_histories, register
+from harness.nn.training import train_with_validation
 
 
 class SASRecNet(nn.Module):
@@ -71,30 +71,12 @@ class SASRec(Method):
         inputs, targets = self._training_pairs(train.sequences)
         lengths = (inputs > 0).sum(dim=1)
         generator = torch.Generator().manual_seed(train.seed)
-        stopper = EarlyStopping(cfg["valid_metric"], cfg["patience"])
-        step = 0
-        for epoch in tqdm(range(budget.epochs(int(cfg["epochs"]))), desc="sasrec epochs", leave=False, disable=None):
-            self.net.train()
-            for idx in self._batches(lengths, cfg["batch_size"], generator):
-                if budget.exhausted():
-                    break
-                width = int(lengths[idx].max())
-                loss = self._loss(inputs[idx, -width:].to(self.device), targets[idx, -width:].to(self.device),
-                                  generator)
-                check_finite(loss, step)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                step += 1
-            budget.epoch_done()
-            if budget.exhausted():
-                break
-            if (epoch + 1) % cfg["eval_every"] == 0:
-                self.net.eval()
-                if stopper.update(train.validate(self), self.net):
-                    break
-        stopper.restore(self.net)
-        self.net.eval()
+
+        def loss_of(idx: torch.Tensor) -> torch.Tensor:
+            width = int(lengths[idx].max())  # crop the batch to its longest history
+            return self._loss(inputs[idx, -width:].to(self.device), targets[idx, -width:].to(self.device), generator)
+        train_with_validation(self, self.net, train, budget, optimizer,
+                              lambda: self._batches(lengths, cfg["batch_size"], generator), loss_of, cfg)
 
     @staticmethod
     def _batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator, pool: int = 32):

@@ -42,3 +42,15 @@ def plugin():
     yield add
     for name in added:
         registry._BUILTINS.pop(name, None)
+
+
+def run_two_workers(target, args_per_worker, timeout: float = 300) -> None:
+    """Start one spawned process per argument tuple, wait for all, and fail if any did not exit cleanly."""
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    workers = [ctx.Process(target=target, args=args) for args in args_per_worker]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout)
+        assert w.exitcode == 0

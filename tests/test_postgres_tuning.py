@@ -1,5 +1,4 @@
 """The distributed case for real: two tuning workers share one study in a local PostgreSQL server."""
-import multiprocessing as mp
 import os
 import shutil
 import socket
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY
+from conftest import TINY, run_two_workers
 
 
 def postgres_bin() -> Path | None:
@@ -70,13 +69,7 @@ def postgres_url():
 
 def test_two_workers_share_a_postgresql_study(postgres_url, tmp_path):
     import optuna
-    ctx = mp.get_context("spawn")
-    workers = [ctx.Process(target=_worker, args=(postgres_url, str(tmp_path / "runs"), s)) for s in (1, 2)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(300)
-        assert w.exitcode == 0
+    run_two_workers(_worker, [(postgres_url, str(tmp_path / "runs"), s) for s in (1, 2)])
     study = optuna.load_study(study_name="pg-shared", storage=postgres_url)
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len(finished) >= 4 and len(finished) == len(study.trials)

@@ -176,7 +176,6 @@ class Snoop(Method):
         content = reachable_content(train)
         self.digest = hash("".join(content))
         self.n = train.n_items
-        self.found_targets = [t for t in getattr(self, "targets_to_find", []) if any(t in c for c in content)]
 
     def score(self, histories, items=None):
         g = torch.Generator().manual_seed(abs(self.digest) % 2**31)

@@ -1,5 +1,4 @@
 """Tuning on validation only, shared Optuna storage, multi-seed runs that survive failures and interruptions."""
-import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import optuna
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, run_two_workers
 from harness import protocol
 from harness.api import Method
 from harness.multiseed import run_seeds
@@ -62,13 +61,7 @@ def _worker(storage, runs_dir, seed):
 def test_two_workers_share_one_sqlite_study(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     runs_dir = str(tmp_path / "runs")
-    ctx = mp.get_context("spawn")
-    workers = [ctx.Process(target=_worker, args=(storage, runs_dir, seed)) for seed in (1, 2)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(300)
-        assert w.exitcode == 0
+    run_two_workers(_worker, [(storage, runs_dir, seed) for seed in (1, 2)])
     study = optuna.load_study(study_name="shared", storage=storage)
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len(finished) >= 6 and len(finished) == len(study.trials)

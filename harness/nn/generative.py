@@ -8,16 +8,15 @@ tokenizer / levels / width (Tables 1-2), arch encdec | deconly (Table 5), user_b
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from harness.api import Budget, EarlyStopping, Method, TopK, TrainView, check_finite
+from harness.api import Budget, Method, TopK, TrainView
 from harness.nn.beam import beam_search
+from harness.nn.training import train_with_validation
 from harness.nn.transformer import ModelShape, SIDTransformer
 from harness.sid import PrefixTrie, SIDTable
 
@@ -125,31 +124,11 @@ class GenerativeRetrieval(Method):
         warmup = max(1, int(cfg["warmup_steps"]))
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
         generator = torch.Generator().manual_seed(train.seed)
-        stopper = EarlyStopping(cfg["valid_metric"], cfg["patience"])
-        step = 0
-        for epoch in tqdm(range(budget.epochs(int(cfg["epochs"]))), desc=f"{self.name} epochs", leave=False,
-                          disable=None):
-            self.model.train()
-            for idx in torch.randperm(len(targets), generator=generator).split(cfg["batch_size"]):
-                if budget.exhausted():
-                    break
-                loss = self.training_loss(users[idx], hists[idx], targets[idx])
-                check_finite(loss, step)
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-                optimizer.step()
-                schedule.step()
-                step += 1
-            budget.epoch_done()
-            if budget.exhausted():
-                break
-            if (epoch + 1) % cfg["eval_every"] == 0:
-                self.model.eval()
-                if stopper.update(train.validate(self), self.model):
-                    break
-        stopper.restore(self.model)
-        self.model.eval()
+        train_with_validation(
+            self, self.model, train, budget, optimizer,
+            lambda: torch.randperm(len(targets), generator=generator).split(cfg["batch_size"]),
+            lambda idx: self.training_loss(users[idx], hists[idx], targets[idx]), cfg,
+            scheduler=schedule, clip_norm=1.0)
 
     def history_sids(self, hists: torch.Tensor) -> torch.Tensor:
         """Item ids [B, N] (-1 = padding) → SIDs [B, N, L] (-1 rows for padding)."""
