@@ -59,6 +59,17 @@ def parse_budget(text: str | None) -> float | None:
     return float(match.group(1)) * _UNITS.get(match.group(2) or "s", 1)
 
 
+def registrar(table: dict[str, Any]):
+    """A class decorator factory: `@kind("name")` sets `cls.name` and files the class in `table`."""
+    def named(name: str):
+        def wrap(cls):
+            cls.name = name
+            table[name] = cls
+            return cls
+        return wrap
+    return named
+
+
 def make_named(table: dict[str, Any], kind: str, name: str, **options: Any) -> Any:
     """Instantiate `table[name](**options)` with one clear error for an unknown name or bad options."""
     if name not in table:

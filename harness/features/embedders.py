@@ -15,18 +15,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from harness.config import make_named
+from harness.config import make_named, registrar
 from harness.errors import HarnessError
 
 EMBEDDERS: dict[str, Callable[..., "Embedder"]] = {}
 
 
-def embedder(name: str):
-    def wrap(cls):
-        cls.name = name
-        EMBEDDERS[name] = cls
-        return cls
-    return wrap
+embedder = registrar(EMBEDDERS)  # @embedder("name") registers a class under that name
 
 
 def item_texts(items: pd.DataFrame, fields: Sequence[str]) -> list[str]:

@@ -20,18 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.config import make_named
+from harness.config import make_named, registrar
 from harness.errors import ConfigError, HarnessError
 
 TOKENIZERS: dict[str, type["Tokenizer"]] = {}
 
 
-def tokenizer(name: str):
-    def wrap(cls):
-        cls.name = name
-        TOKENIZERS[name] = cls
-        return cls
-    return wrap
+tokenizer = registrar(TOKENIZERS)  # @tokenizer("name") registers a class under that name
 
 
 @dataclass
