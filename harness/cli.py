@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from tabulate import tabulate
 
+from harness import plugin_cli
 from harness.errors import HarnessError
 
 EPILOG = "Docs: README.md. Every command has --help."
@@ -138,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--data-dir", default=None)
     tune.add_argument("--store", default=None)
     tune.add_argument("--runs-dir", default=None)
+
+    plugin_cli.add_commands(sub)  # new-method, validate-plugin, submit, reproduce
     return parser
 
 
@@ -456,6 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_export(args)
         if args.command == "tune":
             return cmd_tune(args, argv)
+        if args.command in plugin_cli.COMMANDS:
+            return plugin_cli.dispatch(args, argv)
         if args.command == "sids":
             if args.action != "report":
                 parser.parse_args(["sids", "--help"])

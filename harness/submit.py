@@ -1,0 +1,290 @@
+"""Submission bundles and their reproduction.
+
+`harness submit` validates a plugin, runs every seed of a track and writes a bundle folder:
+
+    bundle.json            what was run (each dataset's run spec, the resolved config), the plugin's package, version
+                           and source hash, the environment, the tolerance a reproduction must meet
+    validation.json        the validator's report
+    records/<dataset>.jsonl  one run record per seed (with provenance: split_id, versions, git sha, hardware, command)
+    per_user/<run_id>.npz  per-user validation/test ranks (every metric at every cut-off follows from them)
+
+`harness reproduce BUNDLE` re-runs one seed from the bundle's own run spec (not the track file as it is today) on this
+machine and compares the metrics; `--publish` then adds the bundle's records to `leaderboards/<track>/` with a
+`verified` mark, the only way such a mark is written.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import shlex
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tabulate import tabulate
+
+import harness
+from harness import registry
+from harness.errors import HarnessError
+from harness.evaluate import metrics_from_ranks
+from harness.multiseed import run_seeds
+from harness.protocol import RunSpec, _git_sha, prepare, run
+from harness.results import LEADERBOARDS_DIR, load_results
+from harness.store import RunStore
+from harness.tables import leaderboard_rows, render
+from harness.tracks import load_track
+from harness.validate_plugin import Report, plugin_info, track_spec, validate
+
+BUNDLE_FORMAT = 1
+# Absolute difference allowed on every test metric of the re-run seed. The same machine reproduces a CPU run exactly;
+# the margin is for other hardware and library builds, where a few near-tied scores may swap places
+# (one user of 300 moves Recall@k by 0.0033).
+DEFAULT_TOLERANCE = 0.01
+SPEC_FIELDS = ("method", "dataset", "budget_seconds", "max_epochs", "overrides", "track_overrides", "protocol",
+               "dataset_options", "ks", "track", "device")
+
+
+class SubmissionError(HarnessError):
+    """The plugin failed validation or a seed failed: no bundle is written."""
+
+
+def environment() -> dict[str, Any]:
+    return {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
+            "harness": harness.__version__, "git_sha": _git_sha(), "torch": torch.__version__,
+            "numpy": np.__version__, "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+            "packages": dict(sorted({(d.metadata["Name"] or "?").lower(): d.version
+                                     for d in importlib.metadata.distributions()}.items()))}
+
+
+def _ranks(per_user: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {f"{stage}/rank": per_user[stage]["rank"] for stage in ("valid", "test") if "rank" in per_user.get(stage, {})}
+
+
+def submit(method: str, track_name: str, overrides: dict[str, Any] | None = None, out: str | Path | None = None,
+           n_jobs: int | None = None, tolerance: float = DEFAULT_TOLERANCE, command: str | None = None,
+           report: Report | None = None) -> Path:
+    """Validate, run the track's seeds on each of its datasets, and write the bundle. Returns its folder."""
+    track = load_track(track_name)
+    report = report or validate(method)
+    if not report.passed:
+        raise SubmissionError(f"{method} fails validation, no bundle written:\n{report.render()}")
+    stamp = datetime.now(timezone.utc)
+    bundle = Path(out) if out else Path("submissions") / f"{method}-{track.name}-{stamp:%Y%m%dT%H%M%S}"
+    if bundle.exists() and any(bundle.iterdir()):
+        raise SubmissionError(f"{bundle} already exists and is not empty")
+    plugin = report.plugin
+    seeds = list(range(track.seeds))
+    specs, record_sets = {}, {}
+    with tempfile.TemporaryDirectory(prefix="submit-") as tmp:
+        store = RunStore(runs_dir=tmp)
+        for dataset in track.datasets:
+            spec = track_spec(method, track, dataset, overrides=dict(overrides or {}), command=command,
+                              extra={"plugin": {k: plugin[k] for k in ("package", "version", "source_hash")}})
+            records = run_seeds(spec, seeds, store, n_jobs=n_jobs, resume=False)
+            failed = [r for r in records if r["status"] != "ok"]
+            if failed:
+                raise SubmissionError("; ".join(f"{dataset} seed {r['seed']} {r['status']}: {r['failure']}"
+                                                for r in failed) + " (no bundle written)")
+            specs[dataset] = {k: getattr(spec, k) for k in SPEC_FIELDS}
+            record_sets[dataset] = [(r, _ranks(store.per_user(r["run_id"]))) for r in records]
+        (bundle / "records").mkdir(parents=True, exist_ok=True)
+        (bundle / "per_user").mkdir(exist_ok=True)
+        for dataset, pairs in record_sets.items():
+            with open(bundle / "records" / f"{dataset}.jsonl", "w") as handle:
+                for record, ranks in pairs:
+                    record = {**record, "diagnostics": {k: v for k, v in record["diagnostics"].items()
+                                                       if k != "traceback"}}
+                    handle.write(json.dumps(record, sort_keys=True) + "\n")
+                    np.savez_compressed(bundle / "per_user" / f"{record['run_id']}.npz", **ranks)
+    first = record_sets[track.datasets[0]][0][0]
+    (bundle / "validation.json").write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    meta = {
+        "format": BUNDLE_FORMAT, "method": method, "track": track.name, "created_at": stamp.isoformat(),
+        "command": command, "seeds": seeds, "datasets": track.datasets, "specs": specs,
+        "config": first["method_config"], "config_hash": first["method_config_hash"],
+        "plugin": plugin, "environment": environment(),
+        "validation": {"passed": True, "file": "validation.json", "seconds": round(report.seconds, 1)},
+        "tolerance": {"metrics": "test", "abs": tolerance},
+        "records": {d: {"file": f"records/{d}.jsonl", "run_ids": [r["run_id"] for r, _ in pairs]}
+                    for d, pairs in record_sets.items()},
+    }
+    (bundle / "bundle.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    return bundle
+
+
+# --- reproduction ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class Reproduction:
+    bundle: Path
+    dataset: str
+    seed: int
+    tolerance: float
+    problems: list[str] = field(default_factory=list)
+    rows: list[list[Any]] = field(default_factory=list)  # metric, submitted, reproduced, |diff|, ok
+    record: dict[str, Any] | None = None
+    max_abs_diff: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def render(self) -> str:
+        table = tabulate(self.rows, headers=["metric (test)", "bundle", "reproduced", "|diff|", "ok"],
+                         floatfmt=".4f") if self.rows else ""
+        verdict = (f"REPRODUCED: {self.dataset} seed {self.seed}, every test metric within ±{self.tolerance:g}"
+                   if self.passed else "NOT REPRODUCED:\n" + "\n".join(f"- {p}" for p in self.problems))
+        return "\n".join(part for part in (table, verdict) if part)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bundle": str(self.bundle), "dataset": self.dataset, "seed": self.seed, "tolerance": self.tolerance,
+                "passed": self.passed, "problems": self.problems, "max_abs_diff": self.max_abs_diff,
+                "metrics": [dict(zip(("metric", "bundle", "reproduced", "abs_diff", "ok"), r)) for r in self.rows],
+                "run_id": self.record["run_id"] if self.record else None}
+
+
+def read_bundle(bundle: str | Path) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    path = Path(bundle) / "bundle.json"
+    if not path.exists():
+        raise HarnessError(f"{bundle} is not a submission bundle (no bundle.json)")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise HarnessError(f"{path}: unknown bundle format {meta.get('format')!r}")
+    records = {}
+    for dataset, entry in meta["records"].items():
+        lines = (Path(bundle) / entry["file"]).read_text().splitlines()
+        records[dataset] = [json.loads(line) for line in lines if line.strip()]
+    return meta, records
+
+
+def _consistency_problems(bundle: Path, record: dict[str, Any]) -> list[str]:
+    """A record's test metrics must follow from its per-user ranks (an edited number does not)."""
+    path = bundle / "per_user" / f"{record['run_id']}.npz"
+    if not path.exists():
+        return [f"seed {record['seed']}: per-user ranks missing ({path.name})"]
+    with np.load(path) as data:
+        ranks = torch.as_tensor(data["test/rank"].astype(np.float64))
+    ranks[ranks < 0] = float("inf")
+    per_user = metrics_from_ranks(ranks, record["eval"]["ks"])
+    problems = []
+    for name, value in record["metrics"]["test"].items():
+        if name in per_user and abs(float(per_user[name].mean()) - value) > 1e-6:
+            problems.append(f"seed {record['seed']}: {name} is {value:.4f} in the record but "
+                            f"{per_user[name].mean():.4f} from its per-user ranks")
+    return problems
+
+
+def reproduce(bundle: str | Path, seed: int | None = None, dataset: str | None = None,
+              tolerance: float | None = None, device: str | None = None) -> Reproduction:
+    bundle = Path(bundle)
+    meta, records = read_bundle(bundle)
+    dataset = dataset or meta["datasets"][0]
+    if dataset not in records:
+        raise HarnessError(f"the bundle has no records for dataset {dataset!r} (it has {', '.join(records)})")
+    seed = meta["seeds"][0] if seed is None else seed
+    submitted = next((r for r in records[dataset] if r["seed"] == seed), None)
+    if submitted is None:
+        raise HarnessError(f"the bundle has no seed {seed} for {dataset} (seeds {meta['seeds']})")
+    result = Reproduction(bundle, dataset, seed, meta["tolerance"]["abs"] if tolerance is None else tolerance)
+
+    installed = plugin_info(registry.get(meta["method"]))
+    if installed["source_hash"] != meta["plugin"]["source_hash"]:
+        result.problems.append(f"the installed plugin's source ({installed['package']} {installed['version']}, "
+                               f"{installed['source_hash'][:12]}) differs from the submitted one "
+                               f"({meta['plugin']['package']} {meta['plugin']['version']}, "
+                               f"{meta['plugin']['source_hash'][:12]}): install the submitted code")
+    for record in records[dataset]:
+        result.problems += _consistency_problems(bundle, record)
+
+    spec = RunSpec(seed=seed, **meta["specs"][dataset])
+    spec.command = f"harness reproduce {shlex.quote(str(bundle))} --seed {seed}"
+    if device:
+        spec.device = device
+    with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
+        again = run(spec, RunStore(runs_dir=tmp), prepare(spec))
+    result.record = again
+    if again["status"] != "ok":
+        result.problems.append(f"the re-run ended {again['status']}: {again['failure']}")
+        return result
+    if again["split_id"] != submitted["split_id"]:
+        result.problems.append(f"different data: split_id {again['split_id'][:12]} here, "
+                               f"{submitted['split_id'][:12]} in the bundle")
+    if again["method_config_hash"] != submitted["method_config_hash"]:
+        result.problems.append("the resolved method config differs from the bundle's")
+    diffs = []
+    for name, value in submitted["metrics"]["test"].items():
+        got = again["metrics"]["test"].get(name)
+        if got is None:
+            result.problems.append(f"{name} is missing from the re-run")
+            continue
+        diff = abs(got - value)
+        diffs.append(diff)
+        ok = diff <= result.tolerance
+        result.rows.append([name, value, got, diff, "yes" if ok else "NO"])
+        if not ok:
+            result.problems.append(f"{name}: bundle {value:.4f}, reproduced {got:.4f} "
+                                   f"(|diff| {diff:.4f} > {result.tolerance:g})")
+    result.max_abs_diff = max(diffs) if diffs else None
+    return result
+
+
+def publish(bundle: str | Path, result: Reproduction, leaderboards_dir: Path = LEADERBOARDS_DIR) -> Path:
+    """Add the bundle's records for the reproduced dataset to `<leaderboards>/<track>/<dataset>.jsonl`, marked
+    `verified`, keeping the records already published there."""
+    if not result.passed:
+        raise HarnessError("only a reproduced bundle can be published")
+    bundle = Path(bundle)
+    meta, records = read_bundle(bundle)
+    track, dataset = meta["track"], result.dataset
+    try:
+        where = str(bundle.resolve().relative_to(Path(leaderboards_dir).resolve().parent))
+    except ValueError:
+        where = str(bundle.resolve())
+    mark = {"by": "harness reproduce", "at": datetime.now(timezone.utc).isoformat(), "bundle": where,
+            "seed": result.seed, "tolerance": result.tolerance, "max_abs_diff": result.max_abs_diff,
+            "plugin_source_hash": meta["plugin"]["source_hash"], "hardware": result.record["hardware"]}
+    results = load_results(track=track, dataset=dataset, published=True, include_stale=True,
+                           leaderboards_dir=Path(leaderboards_dir))
+    ours = {r["run_id"] for r in records[dataset]}
+    results.records = [r for r in results.records if r["run_id"] not in ours]
+    for record in records[dataset]:
+        results.records.append({**record, "verified": mark})
+        results._sources[record["run_id"]] = bundle / "per_user" / f"{record['run_id']}.npz"
+    spec = meta["specs"][dataset]
+    table = render(leaderboard_rows(results, spec["ks"], f"ndcg@{10 if 10 in spec['ks'] else spec['ks'][0]}"), "md")
+    from harness.results import export_board
+    return export_board(results, track, dataset, Path(leaderboards_dir), table)
+
+
+def cmd_submit(args, argv: Sequence[str]) -> int:
+    from harness.config import parse_overrides
+    overrides = parse_overrides(args.overrides)
+    report = validate(args.method)
+    print(report.render())
+    if not report.passed:
+        print(f"error: {args.method} fails validation; no bundle written", flush=True)
+        return 1
+    bundle = submit(args.method, args.track, overrides, args.out, args.jobs, args.tolerance,
+                    "harness " + " ".join(shlex.quote(a) for a in argv), report)
+    meta, records = read_bundle(bundle)
+    for dataset, recs in records.items():
+        print(f"\n{dataset}: {len(recs)} seeds")
+        names = list(recs[0]["metrics"]["test"])[:8]
+        print(tabulate([[r["seed"], *(r["metrics"]["test"][n] for n in names)] for r in recs],
+                       headers=["seed", *names], floatfmt=".4f"))
+    print(f"\nbundle written to {bundle}\nreproduce it: harness reproduce {bundle}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    result = reproduce(args.bundle, args.seed, args.dataset, args.tolerance, args.device)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.render())
+    if result.passed and args.publish:
+        path = publish(args.bundle, result, Path(args.leaderboards) if args.leaderboards else LEADERBOARDS_DIR)
+        print(f"published with a verified mark: {path}")
+    return 0 if result.passed else 1
