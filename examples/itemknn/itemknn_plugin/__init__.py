@@ -1,0 +1,1 @@
+"""itemknn: a method plugin for gr-harness (entry point `itemknn` in the `harness.methods` group)."""
