@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import importlib.metadata
 import inspect
@@ -299,6 +300,7 @@ def track_spec(method: str, track: Track, dataset: str, **kwargs: Any) -> RunSpe
 
 
 def _probe_run(spec: RunSpec, store_dir: Path, data_root: Path) -> tuple[dict[str, Any], Probe]:
+    gc.collect()  # the runs must differ only in their data: no leftovers of earlier runs among the live objects
     probe = Probe()
     prepared = prepare(spec)
     prepared.method_cls = probed(prepared.method_cls, probe)
