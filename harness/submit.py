@@ -217,7 +217,8 @@ def reproduce(bundle: str | Path, seed: int | None = None, dataset: str | None =
     if again["method_config_hash"] != submitted["method_config_hash"]:
         result.problems.append("the resolved method config differs from the bundle's")
     diffs = []
-    for name, value in submitted["metrics"]["test"].items():
+    by_cutoff = lambda n: (int(n.split("@")[1]) if "@" in n else 10**9, n)  # noqa: E731  recall@5 … mrr
+    for name, value in sorted(submitted["metrics"]["test"].items(), key=lambda kv: by_cutoff(kv[0])):
         got = again["metrics"]["test"].get(name)
         if got is None:
             result.problems.append(f"{name} is missing from the re-run")
@@ -274,7 +275,8 @@ def cmd_submit(args, argv: Sequence[str]) -> int:
     meta, records = read_bundle(bundle)
     for dataset, recs in records.items():
         print(f"\n{dataset}: {len(recs)} seeds")
-        names = list(recs[0]["metrics"]["test"])[:8]
+        test = recs[0]["metrics"]["test"]
+        names = [n for k in recs[0]["eval"]["ks"] for n in (f"recall@{k}", f"ndcg@{k}") if n in test]
         print(tabulate([[r["seed"], *(r["metrics"]["test"][n] for n in names)] for r in recs],
                        headers=["seed", *names], floatfmt=".4f"))
     print(f"\nbundle written to {bundle}\nreproduce it: harness reproduce {bundle}")

@@ -293,7 +293,7 @@ def track_spec(method: str, track: Track, dataset: str, **kwargs: Any) -> RunSpe
     pins = dict(track.method_overrides.get(method, {}))
     if "embedder" in registry.get(method).default_config:  # the track pins the embedder of SID methods
         pins.setdefault("embedder", track.embedder)
-    spec = RunSpec(method=method, dataset=dataset, track_overrides=pins, budget_seconds=track.budget_seconds,
+    spec = RunSpec(method=method, dataset=dataset, track=track.name, track_overrides=pins, budget_seconds=track.budget_seconds,
                    max_epochs=track.max_epochs, protocol=dict(track.protocol),
                    dataset_options=dict(track.dataset_options.get(dataset, {})), ks=list(track.ks), device=track.device)
     return dataclasses.replace(spec, **kwargs)

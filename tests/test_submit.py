@@ -1,0 +1,117 @@
+"""Submission bundles: `harness submit` writes one, `harness reproduce` re-runs a seed and checks it, and only a
+reproduced bundle reaches the published board with a `verified` mark."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.results import LEADERBOARDS_DIR, load_results
+from harness.submit import SubmissionError, publish, read_bundle, reproduce, submit
+from harness.tables import leaderboard_rows
+from plugins_gallery import WrongShape
+
+EXAMPLE = LEADERBOARDS_DIR / "submissions" / "itemknn-smoke"
+
+
+def test_the_committed_example_bundle_reproduces(capsys):
+    assert main(["reproduce", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "REPRODUCED: synthetic seed 0" in out and "recall@10" in out
+
+
+def edit_metric(bundle: Path, seed: int, metric: str, delta: float) -> None:
+    path = bundle / "records" / "synthetic.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for record in records:
+        if record["seed"] == seed:
+            record["metrics"]["test"][metric] += delta
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_hand_edited_metrics_are_caught_and_named(tmp_path, capsys):
+    bundle = shutil.copytree(EXAMPLE, tmp_path / "edited")
+    edit_metric(bundle, 0, "recall@10", 0.05)
+    assert main(["reproduce", str(bundle)]) == 1
+    out = capsys.readouterr().out
+    assert "NOT REPRODUCED" in out
+    assert "seed 0: recall@10 is 0.6433 in the record but 0.5933 from its per-user ranks" in out
+    assert "recall@10: bundle 0.6433, reproduced 0.5933 (|diff| 0.0500 > 0.01)" in out
+    assert "ndcg@10:" not in out  # only the edited metric is named
+
+    other = shutil.copytree(EXAMPLE, tmp_path / "edited-other-seed")
+    edit_metric(other, 2, "ndcg@20", -0.02)  # a seed that is not re-run is still checked against its ranks
+    result = reproduce(other)
+    assert not result.passed and result.problems == [
+        "seed 2: ndcg@20 is 0.3559 in the record but 0.3759 from its per-user ranks"]
+
+
+def test_other_plugin_source_is_refused(tmp_path):
+    bundle = shutil.copytree(EXAMPLE, tmp_path / "other-source")
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["plugin"]["source_hash"] = "0" * 64
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    result = reproduce(bundle)
+    assert not result.passed and "differs from the submitted one" in result.problems[0]
+
+
+def test_verified_marks_on_the_board_come_from_reproduced_bundles():
+    marked = []
+    for path in LEADERBOARDS_DIR.glob("*/*.jsonl"):
+        marked += [json.loads(line) for line in path.read_text().splitlines() if '"verified"' in line]
+    assert marked, "the example's smoke entry is published with a verified mark"
+    for record in marked:
+        bundle = LEADERBOARDS_DIR.parent / record["verified"]["bundle"]
+        meta, records = read_bundle(bundle)
+        submitted = next(r for r in records[record["dataset"]] if r["run_id"] == record["run_id"])
+        assert submitted["metrics"] == record["metrics"] and meta["track"] == record["track"]
+        assert record["verified"]["plugin_source_hash"] == meta["plugin"]["source_hash"]
+    assert EXAMPLE.resolve() in {(LEADERBOARDS_DIR.parent / r["verified"]["bundle"]).resolve() for r in marked}
+
+
+def test_submit_reproduce_and_publish(tmp_path, capsys):
+    bundle = submit("itemknn", "smoke", {"neighbors": 20}, tmp_path / "bundle", n_jobs=1, command="test")
+    meta, records = read_bundle(bundle)
+    assert meta["plugin"]["package"] == "gr-harness-itemknn" and meta["plugin"]["version"] == "0.1.0"
+    assert len(meta["plugin"]["source_hash"]) == 64 and meta["config"]["neighbors"] == 20
+    assert meta["validation"]["passed"] and json.loads((bundle / "validation.json").read_text())["passed"]
+    assert meta["environment"]["python"] and "torch" in meta["environment"]["packages"]
+    assert [r["seed"] for r in records["synthetic"]] == meta["seeds"] == [0, 1, 2]
+    for record in records["synthetic"]:
+        assert record["status"] == "ok" and record["track"] == "smoke" and record["split_id"]
+        assert record["plugin"]["source_hash"] == meta["plugin"]["source_hash"]
+        assert (bundle / "per_user" / f"{record['run_id']}.npz").exists()
+
+    result = reproduce(bundle, seed=1)
+    assert result.passed and result.max_abs_diff == 0.0
+    boards = tmp_path / "boards"
+    shutil.copytree(LEADERBOARDS_DIR / "smoke", boards / "smoke")  # already holds the example's verified entry
+    publish(bundle, result, boards)
+    published = load_results(track="smoke", dataset="synthetic", leaderboards_dir=boards)
+    rows = {r["method"]: r for r in leaderboard_rows(published, [10], "ndcg@10")}
+    assert rows["itemknn[neighbors=20]"]["verified"] == rows["itemknn"]["verified"] == "yes"
+    mark = next(r for r in published.records if r["config_overrides"])["verified"]
+    assert mark["seed"] == 1 and mark["tolerance"] == 0.01 and mark["bundle"] == "bundle"  # relative to the boards' parent
+
+
+def test_a_plugin_that_fails_validation_gets_no_bundle(tmp_path, plugin, capsys):
+    plugin(WrongShape)
+    with pytest.raises(SubmissionError, match="fails validation"):
+        submit(WrongShape.name, "smoke", out=tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+    assert main(["submit", "--method", WrongShape.name, "--track", "smoke", "--out", str(tmp_path / "b")]) == 1
+    assert "no bundle written" in capsys.readouterr().out and not (tmp_path / "b").exists()
+
+
+def test_the_board_shows_the_verified_mark(tmp_path, monkeypatch):
+    pytest.importorskip("streamlit", reason="the `app` extra is not installed")
+    from streamlit.testing.v1 import AppTest
+    monkeypatch.delenv("HARNESS_LEADERBOARDS_DIR", raising=False)
+    monkeypatch.setenv("HARNESS_RUNS_DIR", str(tmp_path / "no-store"))
+    at = AppTest.from_file(str(LEADERBOARDS_DIR.parent / "app.py")).run(timeout=60)
+    at.selectbox[0].set_value("smoke").run(timeout=60)
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert table.loc[table["method"] == "itemknn", "verified"].tolist() == ["✓ reproduced"]
+    assert any("reproduced" in c.value for c in at.caption)
