@@ -82,7 +82,11 @@ def leaderboard_view(results: ResultSet) -> None:
     table = pd.DataFrame(rows)
     table.insert(0, "", ["★ best" if r["tied_with_best"] == "best" else ("≈ tied" if r["tied_with_best"] == "tied"
                                                                         else "") for r in rows])
+    table["verified"] = ["✓ reproduced" if r["verified"] else "" for r in rows]
     st.dataframe(table.drop(columns=["tied_with_best"]), hide_index=True, use_container_width=True)
+    if any(r["verified"] for r in rows):
+        st.caption("✓ reproduced: a submission bundle whose seed was re-run by `harness reproduce` on the "
+                   "publisher's machine with every test metric within the bundle's tolerance")
     numbers = numeric_rows(subset, metric)
     left, right = st.columns(2)
     left.altair_chart(cost_chart(numbers, "p50_ms", metric, f"{metric} vs latency (p50 ms/user)"),
@@ -151,6 +155,10 @@ def detail_view(results: ResultSet) -> None:
     st.markdown(f"**{record['method']}** on **{record['dataset']}**, seed {record.get('seed')}, "
                 f"track {record.get('track')}, status `{record['status']}`")
     st.code(record.get("command") or "(command not recorded)", language="bash")
+    mark = record.get("verified")
+    if mark:
+        st.success(f"Verified: seed {mark.get('seed')} of bundle `{mark.get('bundle')}` reproduced within "
+                   f"±{mark.get('tolerance')} (largest difference {mark.get('max_abs_diff')}) on {mark.get('at')}")
     cols = st.columns(3)
     cols[0].write({"split_id": record.get("split_id"), "git_sha": record.get("git_sha"),
                    "metric_version": record.get("metric_version"), "protocol_version": record.get("protocol_version")})

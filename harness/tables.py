@@ -44,6 +44,8 @@ def leaderboard_rows(results: ResultSet, ks: Sequence[int], primary: str, correc
         row: dict[str, Any] = {"method": label, "seeds": len(records)}
         tie = ties.get(label, {})
         row["tied_with_best"] = "best" if tie.get("best") else ("tied" if tie.get("tied") else "")
+        # set only by `harness reproduce --publish`, after a re-run on the publisher's machine matched the bundle
+        row["verified"] = "yes" if all(r.get("verified") for r in records) else ""
         for k in ks:
             for name in (f"recall@{k}", f"ndcg@{k}"):
                 row[name] = _ci([t[name] for t in test if name in t])
