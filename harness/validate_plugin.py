@@ -7,7 +7,9 @@ what it was given (`TrainView`) and what it returned after fit.
 Reach to test targets is tested by outcome rather than by listing forbidden paths: the smoke data is written to disk
 twice, identical except for every user's hidden test item, and the plugin runs on both. Whatever it reads (the
 TrainView, the caller's frames, the garbage collector, the data files at the data root, earlier runs in the store),
-its outputs may only change if it reached the test targets.
+its outputs may only change if it reached the test targets. These are in-process checks of honest mistakes and
+generic cheats; a plugin written to recognise the validator could behave differently here, which is one reason a
+published entry is also reproduced from its bundle, with the plugin's source hash recorded.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ from harness.tracks import Track, load_track
 TRACK = "smoke"
 BUDGET_SECONDS = 3.0  # the short budget; the harness stops fit at budget + 2 s
 EPOCHS = 3  # conformance needs a working model, not a good one: the other runs are capped at this many epochs
+# ... and the epoch cap, not the clock, must end them, or two runs could train for different lengths and differ.
+COMPARISON_BUDGET_SECONDS = 600.0
 HOLDOUT_CARD = "smoke-holdout"
 SEARCH_TYPES = ("categorical", "int", "float")
 
@@ -205,6 +209,7 @@ class Probe:
         self.instance: Method | None = None
         self.view_digest: str | None = None
         self.fitted = False
+        self.time_bound = False  # the clock, not the epoch cap, ended fit
         self.recording = False  # between the end of fit and the end of the run
         self.outputs: list[tuple[str, Any, Any]] = []
 
@@ -221,6 +226,7 @@ def probed(cls: type, probe: Probe) -> type:
         probe.view_digest = content_digest(train)
         cls.fit(self, train, budget)
         probe.fitted = probe.recording = True
+        probe.time_bound = budget.exhausted()
 
     def recommend(self, histories, k, **kwargs):
         top = cls.recommend(self, histories, k, **kwargs)
@@ -432,8 +438,8 @@ def validate(name: str, seed: int = 0, budget_seconds: float = BUDGET_SECONDS, e
     cls = registry.get(name)
     track = load_track(TRACK)
     report = Report(name, plugin_info(cls), TRACK, [check_metadata(cls)])
-    later = ("run", "shapes", "catalogue", "duplicates", "finite", "agreement", "determinism", "no-test-reach",
-             "cost")
+    later = ("run", "budget", "shapes", "catalogue", "duplicates", "finite", "agreement", "determinism",
+             "no-test-reach", "cost")
 
     def skip_rest(reason: str) -> Report:
         report.checks += [Check(n, "skip", reason) for n in later if n not in {c.name for c in report.checks}]
@@ -444,24 +450,27 @@ def validate(name: str, seed: int = 0, budget_seconds: float = BUDGET_SECONDS, e
         tmp = Path(tmp)
         (card_a, root_a), (card_b, root_b) = write_holdout_variants(tmp, track)
         base = track_spec(name, track, str(card_a), seed=seed, data_dir=str(root_a), latency_users=50,
-                          max_epochs=min(epochs, track.max_epochs or epochs),
+                          max_epochs=min(epochs, track.max_epochs or epochs), budget_seconds=COMPARISON_BUDGET_SECONDS,
                           command=f"harness validate-plugin {name}")
 
-        # The budget run first: a plugin that never stops must not hold up the others.
-        short, _ = _probe_run(dataclasses.replace(base, budget_seconds=budget_seconds, max_epochs=None),
-                              tmp / "store-budget", root_a)
+        # The budget run first, so that a plugin that never stops holds nothing up. A first attempt over budget may
+        # have paid for features or SIDs that the second finds cached, as on any later run of a track.
+        for attempt in range(2):
+            short, _ = _probe_run(dataclasses.replace(base, budget_seconds=budget_seconds, max_epochs=None),
+                                  tmp / f"store-budget-{attempt}", root_a)
+            if short["status"] != "over_budget":
+                break
         used = short["used"]["train_seconds"]
         if short["status"] == "over_budget":
             report.checks.append(Check("budget", "fail", f"ignores the budget: {short['failure']}; poll "
                                        f"budget.exhausted() in the training loop", {"train_seconds": used}))
             return skip_rest("the plugin does not stop within its budget")
         if _fit_failure(short):
-            report.checks.append(Check("run", "fail", short["failure"], {"traceback": short["diagnostics"].get(
-                "traceback")}))
-            report.checks.append(Check("budget", "skip", "fit fails"))
+            report.checks.append(Check("run", "fail", short["failure"],
+                                       {"traceback": short["diagnostics"].get("traceback")}))
             return skip_rest("fit fails")
-        report.checks.append(Check("budget", "pass", f"fit ended after {used:.1f}s of a {budget_seconds:g}s budget "
-                                   f"({short['used']['epochs']} epochs)", {"train_seconds": used}))
+        budget_check = Check("budget", "pass", f"fit ended after {used:.1f}s of a {budget_seconds:g}s budget "
+                             f"({short['used']['epochs']} epochs)", {"train_seconds": used})
 
         first, probe = _probe_run(base, tmp / "store-1", root_a)
         if first["status"] == "ok":
@@ -469,7 +478,9 @@ def validate(name: str, seed: int = 0, budget_seconds: float = BUDGET_SECONDS, e
                                        f"{first['metrics']['test'].get('ndcg@10', float('nan')):.4f}, "
                                        f"{first['used']['epochs']} epochs in {first['used']['train_seconds']:.1f}s"))
         else:
-            report.checks.append(Check("run", "fail", f"{first['status']}: {first['failure']}"))
+            report.checks.append(Check("run", "fail", f"{first['status']}: {first['failure']}",
+                                       {"traceback": first["diagnostics"].get("traceback")}))
+        report.checks.append(budget_check)
         if probe.instance is None or not probe.fitted:
             return skip_rest("fit did not finish")
 
@@ -481,7 +492,11 @@ def validate(name: str, seed: int = 0, budget_seconds: float = BUDGET_SECONDS, e
         again, probe_again = _probe_run(base, tmp / "store-2", root_a)
         differing, total = _n_differing(probe.outputs, probe_again.outputs)
         deterministic = differing == 0 and again["status"] == first["status"]
-        if deterministic:
+        if probe.time_bound or probe_again.time_bound:
+            deterministic = None
+            report.checks.append(Check("determinism", "skip", f"inconclusive: the {base.budget_seconds:g}s clock, "
+                                       f"not the {base.max_epochs}-epoch cap, ended a run (a loaded machine?)"))
+        elif deterministic:
             report.checks.append(Check("determinism", "pass", f"same seed twice: identical outputs ({total} calls)"))
         else:
             report.checks.append(Check("determinism", "fail", f"same seed twice gave different outputs in {differing} "
@@ -496,8 +511,9 @@ def validate(name: str, seed: int = 0, budget_seconds: float = BUDGET_SECONDS, e
         if not view_same:
             report.checks.append(Check("no-test-reach", "fail", "the TrainView's content differs between two datasets "
                                        "that differ only in their test items: the harness exposes test data"))
-        elif not deterministic:
-            report.checks.append(Check("no-test-reach", "skip", "inconclusive: the outputs are not deterministic"))
+        elif not deterministic or probe_other.time_bound:
+            report.checks.append(Check("no-test-reach", "skip", "inconclusive: the outputs are not deterministic"
+                                       if deterministic is False else "inconclusive: the clock ended a run"))
         elif differing or other["status"] != first["status"]:
             report.checks.append(Check("no-test-reach", "fail", f"reads test targets: outputs changed in {differing} "
                                        f"of {total} calls when only the hidden test items changed (the TrainView "
