@@ -29,8 +29,10 @@ class TopK:
     """Top-k lists for a batch of users: catalogue item ids `[B, k]` (int64, -1 = no item) and scores `[B, k]`.
 
     Generative methods may add `extras["beam_groups"]` `[B, beam]` (SID group id of each generated SID, -1 if no item
-    has it) and `extras["beam_group_sizes"]`; with the method's `item_group` (item → SID group) the evaluator then
-    reports SID-level recall, invalid-SID rate and the mean collision-group size of returned SIDs.
+    has it, -2 for an empty slot) and `extras["beam_group_sizes"]`; with the method's `item_group` (item → SID group)
+    the evaluator then reports SID-level recall, invalid-SID rate and the mean collision-group size of returned SIDs.
+    `extras["alt:NAME:items"]` and `["alt:NAME:scores"]` `[B, k]` give a second ranking of the same users (Gryphon:
+    its pool in beam order), evaluated by the same rules and reported as `NAME_ranked/<metric>`.
     """
 
     items: torch.Tensor

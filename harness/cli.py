@@ -187,6 +187,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from harness.protocol import run
     from harness.stats import seed_summary
     from harness.store import RunStore
+    from harness.tables import pool_views
     from harness.tracks import load_track
 
     track = load_track(args.track) if args.track else None
@@ -210,6 +211,9 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 print(json.dumps(record, indent=2, sort_keys=True))
             else:
                 print(summary(record))
+                views = pool_views(record)
+                if views:
+                    print(f"\nthe same beam pool, three ways (Gryphon Table 2):\n{views}")
             if record["status"] != "ok":
                 failed += 1
                 print(f"error: run {record['run_id']} {record['status']}: {record['failure']}", file=sys.stderr)

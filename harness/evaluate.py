@@ -134,7 +134,7 @@ def evaluate_method(method, histories: Sequence[np.ndarray], targets: np.ndarray
         mode = "score" if method.has_score() else "topk"
     k_max = max(ks)
     target_tensor = torch.as_tensor(np.asarray(targets, dtype=np.int64))
-    all_ranks, counts, generative = [], {}, {}
+    all_ranks, counts, generative, alternatives = [], {}, {}, {}
     pass_users = getattr(method, "uses_user_ids", False) and users is not None
     with torch.no_grad():
         for start in tqdm(range(0, len(histories), batch_size), desc=desc, leave=False, disable=None):
@@ -154,6 +154,9 @@ def evaluate_method(method, histories: Sequence[np.ndarray], targets: np.ndarray
                 ranks, batch_counts = ranks_from_topk(top.items.detach().cpu(), top.scores.detach().cpu(), tgt,
                                                       n_items, exclude)
                 _generative_counts(method, top, tgt, ks, generative)
+                for name, (items, item_scores) in _alternative_rankings(top).items():
+                    alt_ranks, _ = ranks_from_topk(items, item_scores, tgt, n_items, exclude)
+                    alternatives.setdefault(name, []).append(alt_ranks)
                 all_ranks.append(ranks)
                 for key, value in batch_counts.items():
                     counts[key] = counts.get(key, 0) + value
@@ -177,7 +180,21 @@ def evaluate_method(method, histories: Sequence[np.ndarray], targets: np.ndarray
         for k in ks:
             if f"sid_recall@{k}" in diagnostics and f"recall@{k}" in metrics:
                 diagnostics[f"item_recall@{k}"] = metrics[f"recall@{k}"]
+    for name, parts in alternatives.items():  # the same candidates ranked another way, same rules
+        for metric, values in metrics_from_ranks(torch.cat(parts), ks).items():
+            diagnostics[f"{name}_ranked/{metric}"] = float(values.mean()) if len(values) else 0.0
     return EvalResult(per_user=per_user, metrics=metrics, diagnostics=diagnostics, mode=mode)
+
+
+def _alternative_rankings(top) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """`extras["alt:NAME:items"]` / `["alt:NAME:scores"]`: a second top-k list of the same users (e.g. Gryphon's
+    beam-order ranking of the pool it re-scores), evaluated beside the main one and reported as NAME_ranked/…"""
+    found = {}
+    for key, items in (top.extras or {}).items():
+        if key.startswith("alt:") and key.endswith(":items"):
+            name = key[len("alt:"):-len(":items")]
+            found[name] = (items.detach().cpu(), top.extras[f"alt:{name}:scores"].detach().cpu())
+    return found
 
 
 def _generative_counts(method, top, targets: torch.Tensor, ks: Sequence[int], acc: dict[str, float]) -> None:
@@ -189,9 +206,9 @@ def _generative_counts(method, top, targets: torch.Tensor, ks: Sequence[int], ac
     sizes = top.extras.get("beam_group_sizes")
     valid = groups >= 0
     acc["users"] = acc.get("users", 0) + len(groups)
-    acc["beams"] = acc.get("beams", 0) + groups.numel()
+    acc["beams"] = acc.get("beams", 0) + int((groups != -2).sum())  # -2: an empty slot, not a generated SID
     acc["valid_beams"] = acc.get("valid_beams", 0) + int(valid.sum())
-    acc["invalid"] = acc.get("invalid", 0) + int((~valid).sum())
+    acc["invalid"] = acc.get("invalid", 0) + int((groups == -1).sum())
     if sizes is not None:
         acc["group_size_sum"] = acc.get("group_size_sum", 0) + float(sizes.detach().cpu()[valid].sum())
     else:

@@ -112,3 +112,16 @@ def render(rows: list[dict[str, Any]], fmt: str = "md") -> str:
         return "(no results)"
     return tabulate(rows, headers="keys", tablefmt=FORMATS.get(fmt, "github"), disable_numparse=True,
                     missingval="-")
+
+
+def pool_views(record: dict[str, Any]) -> str | None:
+    """Gryphon's Table 2 for one run: the same beam pool scored three ways (SID level, items by beam likelihood,
+    items by the item-level scorer), Recall@k per cut-off on the test split. None when the run has no such pool."""
+    diag, test = record.get("diagnostics") or {}, record.get("metrics", {}).get("test", {})
+    ks = sorted(int(key.split("@")[1]) for key in diag if key.startswith("beam_ranked/recall@"))
+    if not ks:
+        return None
+    rows = [["SID-level (beam scores)", *[diag.get(f"sid_recall@{k}", float("nan")) for k in ks]],
+            ["item-level (beam scores)", *[diag[f"beam_ranked/recall@{k}"] for k in ks]],
+            ["item-level (item scorer)", *[test.get(f"recall@{k}", float("nan")) for k in ks]]]
+    return tabulate(rows, headers=["scoring of the beam pool", *[f"Recall@{k}" for k in ks]], floatfmt=".4f")

@@ -14,39 +14,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.api import Budget, Method, TrainView, pad_histories, register
+from harness.nn.causal_encoder import CausalSequenceEncoder, length_bucketed_batches, next_item_pairs
 from harness.nn.training import train_with_validation
 
 
 class SASRecNet(nn.Module):
+    """Item embeddings (shared by input and output) + the causal sequence encoder."""
+
     def __init__(self, n_items: int, hidden: int, blocks: int, heads: int, max_len: int, dropout: float,
                  ffn_mult: int = 4):
         super().__init__()
-        self.heads = heads
         self.max_len = max_len
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)  # id 0 = padding
-        self.pos_emb = nn.Embedding(max_len, hidden)
-        self.input_norm = nn.LayerNorm(hidden)
-        self.dropout = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(hidden, heads, hidden * ffn_mult, dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
-        self.out_norm = nn.LayerNorm(hidden)
-        for emb in (self.item_emb, self.pos_emb):
+        self.encoder = CausalSequenceEncoder(hidden, blocks, heads, max_len, dropout, ffn_mult)
+        for emb in (self.item_emb, self.encoder.pos_emb):
             nn.init.normal_(emb.weight, std=0.02)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """seq [B, L] of item ids + 1 (0 = pad, left-padded) → hidden states [B, L, d]."""
-        batch, length = seq.shape
-        # Histories are right-aligned: the last item always sits at position max_len - 1, however a batch is cropped.
-        positions = torch.arange(self.max_len - length, self.max_len, device=seq.device)
-        x = self.dropout(self.input_norm(self.item_emb(seq) + self.pos_emb(positions)))
-        # Causal mask plus padded keys; every position may always see itself (no fully masked rows).
-        blocked = torch.triu(torch.ones(length, length, dtype=torch.bool, device=seq.device), diagonal=1)
-        blocked = blocked[None] | (seq == 0)[:, None, :]
-        blocked &= ~torch.eye(length, dtype=torch.bool, device=seq.device)[None]
-        mask = blocked.repeat_interleave(self.heads, dim=0)
-        x = self.blocks(x, mask=mask)
-        return self.out_norm(x) * (seq > 0).unsqueeze(-1)
+        return self.encoder(self.item_emb(seq), seq > 0)
 
     def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden @ self.item_emb.weight[1:].T
@@ -68,7 +54,7 @@ class SASRec(Method):
         self.net = SASRecNet(train.n_items, cfg["hidden"], cfg["blocks"], cfg["heads"], self.max_len,
                              cfg["dropout"]).to(self.device)
         optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        inputs, targets = self._training_pairs(train.sequences)
+        inputs, targets = next_item_pairs(train.sequences, self.max_len)
         lengths = (inputs > 0).sum(dim=1)
         generator = torch.Generator().manual_seed(train.seed)
 
@@ -76,25 +62,7 @@ class SASRec(Method):
             width = int(lengths[idx].max())  # crop the batch to its longest history
             return self._loss(inputs[idx, -width:].to(self.device), targets[idx, -width:].to(self.device), generator)
         train_with_validation(self, self.net, train, budget, optimizer,
-                              lambda: self._batches(lengths, cfg["batch_size"], generator), loss_of, cfg)
-
-    @staticmethod
-    def _batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator, pool: int = 32):
-        """Shuffled batches of similar length (sorted within pools of `pool` batches), so padding is cropped away."""
-        order = torch.randperm(len(lengths), generator=generator)
-        batches = []
-        for start in range(0, len(order), batch_size * pool):
-            chunk = order[start:start + batch_size * pool]
-            chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
-            batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
-        return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
-
-    def _training_pairs(self, sequences: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input seq[:-1] → target seq[1:] at every position, the last `max_len` steps, left-padded."""
-        usable = [s for s in sequences if len(s) >= 2]
-        inputs = pad_histories([s[:-1] for s in usable], self.max_len)
-        targets = pad_histories([s[1:] for s in usable], self.max_len)
-        return inputs, targets
+                              lambda: length_bucketed_batches(lengths, cfg["batch_size"], generator), loss_of, cfg)
 
     def _loss(self, seq: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         hidden = self.net(seq)

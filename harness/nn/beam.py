@@ -11,11 +11,12 @@ from harness.sid.trie import PrefixTrie
 
 @torch.no_grad()
 def beam_search(model: SIDTransformer, sids: torch.Tensor, users: torch.Tensor | None, beam: int,
-                trie: PrefixTrie | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                trie: PrefixTrie | None = None, encoded=None) -> tuple[torch.Tensor, torch.Tensor]:
     """History SIDs [B, N, L] → top-`beam` SIDs [B, beam, L] and their summed log-probabilities [B, beam]
-    (best first; -inf marks a slot with no valid hypothesis left in constrained mode)."""
+    (best first; -inf marks a slot with no valid hypothesis left in constrained mode). `encoded`: encoder states
+    already computed by `model.memory` (so a caller that also needs them runs the encoder once)."""
     batch, levels = len(sids), model.levels
-    state, logits = model.start(sids, users)
+    state, logits = model.start(sids, users, encoded)
     logp = torch.log_softmax(logits.float(), dim=-1)  # [B, W0]
     prefix = trie.root(batch) if trie is not None else None
     if trie is not None:

@@ -54,12 +54,16 @@ class SIDResolver:
         self.pick = None if table.pick is None else torch.as_tensor(table.pick)
         self.expand_groups = table.strategy == "none"
 
-    def groups(self, sids: torch.Tensor) -> torch.Tensor:
-        """[B, beam, L] → SID group id [B, beam] (-1 where no item has that SID)."""
+    def groups(self, sids: torch.Tensor, scores: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, beam, L] → SID group id [B, beam]: -1 where no item has that SID, -2 for an empty beam slot
+        (score -inf: constrained search ran out of valid SIDs before filling the beam)."""
         keys = (sids.cpu() * self.radix).sum(-1)
         pos = torch.searchsorted(self.sorted_keys, keys).clamp(max=len(self.sorted_keys) - 1)
         found = self.sorted_keys[pos] == keys
-        return torch.where(found, self.order[pos], torch.full_like(pos, -1))
+        groups = torch.where(found, self.order[pos], torch.full_like(pos, -1))
+        if scores is not None:
+            groups = groups.masked_fill(torch.isneginf(scores.cpu()), -2)
+        return groups
 
     def items(self, groups: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k items: each valid SID in beam order contributes its item (dedup / random pick) or its whole
@@ -113,22 +117,31 @@ class GenerativeRetrieval(Method):
         self.item_sids = torch.as_tensor(self.table.codes, device=self.device)
         self.trie = PrefixTrie(self.table.codes, self.table.widths, self.device) if cfg["constrained"] else None
         self.resolver = SIDResolver(self.table, self.device)
-        shape = ModelShape(widths=list(self.table.widths), user_buckets=cfg["user_buckets"], d_model=cfg["d_model"],
-                           heads=cfg["heads"], d_head=cfg["d_head"], d_ff=cfg["d_ff"], enc_layers=cfg["enc_layers"],
-                           dec_layers=cfg["dec_layers"], dropout=cfg["dropout"], max_history=cfg["max_history"],
-                           arch=cfg["arch"])
-        self.model = SIDTransformer(shape).to(self.device)
+        self.model = SIDTransformer(self.model_shape()).to(self.device)
         users, hists, targets = training_samples(train.sequences, cfg["max_history"], cfg["sliding_window"])
+        trained = self.build_heads(train, targets)
         optimizer_cls = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
-        optimizer = optimizer_cls(self.model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        optimizer = optimizer_cls(trained.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         warmup = max(1, int(cfg["warmup_steps"]))
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
         generator = torch.Generator().manual_seed(train.seed)
         train_with_validation(
-            self, self.model, train, budget, optimizer,
+            self, trained, train, budget, optimizer,
             lambda: torch.randperm(len(targets), generator=generator).split(cfg["batch_size"]),
             lambda idx: self.training_loss(users[idx], hists[idx], targets[idx]), cfg,
             scheduler=schedule, clip_norm=1.0)
+
+    def model_shape(self) -> ModelShape:
+        cfg = self.config
+        return ModelShape(widths=list(self.table.widths), user_buckets=cfg["user_buckets"], d_model=cfg["d_model"],
+                          heads=cfg["heads"], d_head=cfg["d_head"], d_ff=cfg["d_ff"], enc_layers=cfg["enc_layers"],
+                          dec_layers=cfg["dec_layers"], dropout=cfg["dropout"], max_history=cfg["max_history"],
+                          arch=cfg["arch"])
+
+    def build_heads(self, train: TrainView, targets: torch.Tensor) -> torch.nn.Module:
+        """Hook for methods that train more than the generator (Gryphon's item scorer): returns the module whose
+        parameters are optimised and whose best validation state is kept."""
+        return self.model
 
     def history_sids(self, hists: torch.Tensor) -> torch.Tensor:
         """Item ids [B, N] (-1 = padding) → SIDs [B, N, L] (-1 rows for padding)."""
@@ -170,7 +183,7 @@ class GenerativeRetrieval(Method):
     def recommend(self, histories: list[np.ndarray], k: int, users: np.ndarray | None = None) -> TopK:
         beam = max(int(self.config["beam"]), k)
         sids, scores = self.generate(histories, users, beam)
-        groups = self.resolver.groups(sids)
+        groups = self.resolver.groups(sids, scores)
         items, item_scores = self.resolver.items(groups, scores, k)
         sizes = torch.where(groups >= 0, self.resolver.sizes[groups.clamp(min=0)], torch.zeros_like(groups))
         return TopK(items=items, scores=item_scores, extras={"beam_groups": groups, "beam_group_sizes": sizes})

@@ -25,8 +25,15 @@ class Attention(nn.Module):
     def split(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], x.shape[1], self.heads, self.d_head).transpose(1, 2)
 
-    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k, v = self.kv(x).chunk(2, dim=-1)
+    def keys_values(self, x: torch.Tensor, index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [B, heads, T, d_head] of x [B, T, d]. With `index` (flat positions in [B * T]) only those
+        are projected; the others get zeros, so the caller must mask them out (history padding)."""
+        if index is None:
+            k, v = self.kv(x).chunk(2, dim=-1)
+        else:
+            rows = self.kv(x.reshape(-1, x.shape[-1]).index_select(0, index))
+            kv = rows.new_zeros(x.shape[0] * x.shape[1], rows.shape[1]).index_copy(0, index, rows)
+            k, v = kv.view(x.shape[0], x.shape[1], -1).chunk(2, dim=-1)
         return self.split(k), self.split(v)
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -69,6 +76,23 @@ class Block(nn.Module):
         x = x + self.drop(self.self_attn(h, k, v, self_mask, causal=causal and cache is None))
         if self.cross:
             x = x + self.drop(self.cross_attn(self.norm2(x), *memory_kv, memory_mask))
+        return x + self.drop(self.ff(self.norm3(x)))
+
+    def packed(self, x: torch.Tensor, groups: list[tuple[int, int]]) -> torch.Tensor:
+        """The same block (no cross-attention, no mask) over packed tokens x [N, d]: `groups` lists (length, count)
+        runs of equal-length sequences in row order; attention runs once per run."""
+        attn = self.self_attn
+        h = self.norm1(x)
+        q = attn.q(h)
+        k, v = attn.kv(h).chunk(2, dim=-1)
+        out, start = [], 0
+        for length, count in groups:
+            rows = slice(start, start + length * count)
+            qb, kb, vb = (t[rows].reshape(count, length, attn.heads, attn.d_head).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(qb, kb, vb, dropout_p=attn.dropout if self.training else 0.0)
+            out.append(y.transpose(1, 2).reshape(length * count, -1))
+            start += length * count
+        x = x + self.drop(attn.out(torch.cat(out)))
         return x + self.drop(self.ff(self.norm3(x)))
 
 
@@ -136,32 +160,54 @@ class SIDTransformer(nn.Module):
         return torch.cat([torch.full((len(target), 1), BOS, device=target.device), shifted], dim=1)
 
     # --- encoder-decoder ----------------------------------------------------------------------------------------
-    def encode(self, tokens: torch.Tensor, level: torch.Tensor):
-        """Encoder states and, per decoder layer, the cross-attention keys/values (computed once per user)."""
+    def memory(self, sids: torch.Tensor, users: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder states [B, T, d] of the history and their key mask [B, 1, 1, T] (the user representation other
+        heads, such as Gryphon's item scorer, share with the decoder)."""
+        tokens, level = self.history_tokens(sids, users)
         pad = tokens == PAD
         mask = (~pad)[:, None, None, :]  # attend to real tokens only
         mask = mask | pad.all(dim=1)[:, None, None, None]  # an empty history attends to its padding
         x = self._embed(tokens, level)
+        return self._encode_packed(x, mask.reshape(x.shape[:2])), mask
+
+    def _encode_packed(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The encoder over the kept tokens only (padding is masked out of every attention, so skipping it changes no
+        kept state; most of a padded history is padding): users sorted by kept length, per-token layers on the packed
+        tokens, attention per run of equal length. States [B, T, d], zero at the padding."""
+        batch, length, d = x.shape
+        counts = keep.sum(1)
+        order = counts.argsort(stable=True)
+        index = (order[:, None] * length + torch.arange(length, device=x.device))[keep[order]]
+        lengths, users = torch.unique_consecutive(counts[order], return_counts=True)
+        groups = list(zip(lengths.tolist(), users.tolist()))
+        h = x.reshape(batch * length, d).index_select(0, index)
         for block in self.encoder:
-            x = block(x, self_mask=mask)
-        memory = self.enc_norm(x)
-        kv = [block.cross_attn.keys_values(memory) for block in self.decoder]
+            h = block.packed(h, groups)
+        return h.new_zeros(batch * length, d).index_copy(0, index, self.enc_norm(h)).view(batch, length, d)
+
+    def encode(self, sids: torch.Tensor, users: torch.Tensor | None, encoded=None):
+        """Per decoder layer, the cross-attention keys/values (computed once per user), and the key mask.
+        `encoded` = a (memory, mask) pair already computed by `memory`."""
+        memory, mask = encoded if encoded is not None else self.memory(sids, users)
+        index = mask.reshape(-1).nonzero().squeeze(1)  # [B, 1, 1, T] → the flat positions decoders attend to
+        kv = [block.cross_attn.keys_values(memory, index) for block in self.decoder]
         return kv, mask
 
     def decode_logits(self, x: torch.Tensor, start_level: int) -> list[torch.Tensor]:
         return [self.heads[start_level + i](x[:, i]) for i in range(x.shape[1])]
 
-    def forward(self, sids: torch.Tensor, users: torch.Tensor | None, target: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, sids: torch.Tensor, users: torch.Tensor | None, target: torch.Tensor,
+                encoded=None) -> list[torch.Tensor]:
         """Teacher-forced logits per level: list of [B, W_l]."""
-        tokens, level = self.history_tokens(sids, users)
         dec_tokens = self.target_tokens(target)
         dec_level = torch.arange(self.levels, device=target.device).expand(len(target), -1)
         if self.shape.arch == "encdec":
-            kv, mask = self.encode(tokens, level)
+            kv, mask = self.encode(sids, users, encoded)
             x = self._embed(dec_tokens, dec_level)
             for block, memory_kv in zip(self.decoder, kv):
                 x = block(x, causal=True, memory_kv=memory_kv, memory_mask=mask)
             return self.decode_logits(self.dec_norm(x), 0)
+        tokens, level = self.history_tokens(sids, users)
         x = self._decoder_only(torch.cat([tokens, dec_tokens], 1), torch.cat([level, dec_level], 1))
         return self.decode_logits(x[:, -self.levels:], 0)
 
@@ -176,16 +222,16 @@ class SIDTransformer(nn.Module):
         return self.dec_norm(x)
 
     # --- incremental decoding -----------------------------------------------------------------------------------
-    def start(self, sids: torch.Tensor, users: torch.Tensor | None):
+    def start(self, sids: torch.Tensor, users: torch.Tensor | None, encoded=None):
         """Run the encoder (or the decoder-only prefix) once; return state for `step` and the level-0 logits."""
-        tokens, level = self.history_tokens(sids, users)
         caches = [dict() for _ in self.decoder]
         bos = torch.full((len(sids), 1), BOS, device=sids.device)
         bos_level = torch.zeros_like(bos)
         if self.shape.arch == "encdec":
-            kv, mask = self.encode(tokens, level)
+            kv, mask = self.encode(sids, users, encoded)
             state = {"kv": kv, "mask": mask, "caches": caches, "length": 0}
             return state, self.step(state, bos, 0)
+        tokens, level = self.history_tokens(sids, users)
         x = self._decoder_only(torch.cat([tokens, bos], 1), torch.cat([level, bos_level], 1), caches)
         state = {"caches": caches, "length": tokens.shape[1] + 1, "pad": torch.cat(
             [tokens != PAD, torch.ones_like(bos, dtype=torch.bool)], 1)}
