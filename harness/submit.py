@@ -62,7 +62,8 @@ def environment() -> dict[str, Any]:
 
 
 def _ranks(per_user: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {f"{stage}/rank": per_user[stage]["rank"] for stage in ("valid", "test") if "rank" in per_user.get(stage, {})}
+    return {f"{stage}/rank": per_user[stage]["rank"] for stage in ("valid", "test")
+            if "rank" in per_user.get(stage, {})}
 
 
 def submit(method: str, track_name: str, overrides: dict[str, Any] | None = None, out: str | Path | None = None,

@@ -44,10 +44,10 @@ from harness.store import RunStore
 from harness.tracks import Track, load_track
 
 TRACK = "smoke"
-BUDGET_SECONDS = 3.0  # the short budget; the harness stops fit at budget + 2 s
-EPOCHS = 3  # conformance needs a working model, not a good one: the other runs are capped at this many epochs
-# ... and the epoch cap, not the clock, must end them, or two runs could train for different lengths and differ.
-COMPARISON_BUDGET_SECONDS = 600.0
+BUDGET_SECONDS = 3.0  # the short budget (no epoch cap); the harness stops fit at budget + 2 s
+# Conformance needs a working model, not a good one: the other runs are capped at this many epochs (under the
+# track's time budget; a run that the clock ends is no fair comparison point, see Probe.time_bound).
+EPOCHS = 3
 HOLDOUT_CARD = "smoke-holdout"
 SEARCH_TYPES = ("categorical", "int", "float")
 
@@ -299,8 +299,8 @@ def track_spec(method: str, track: Track, dataset: str, **kwargs: Any) -> RunSpe
     pins = dict(track.method_overrides.get(method, {}))
     if "embedder" in registry.get(method).default_config:  # the track pins the embedder of SID methods
         pins.setdefault("embedder", track.embedder)
-    spec = RunSpec(method=method, dataset=dataset, track=track.name, track_overrides=pins, budget_seconds=track.budget_seconds,
-                   max_epochs=track.max_epochs, protocol=dict(track.protocol),
+    spec = RunSpec(method=method, dataset=dataset, track=track.name, track_overrides=pins,
+                   budget_seconds=track.budget_seconds, max_epochs=track.max_epochs, protocol=dict(track.protocol),
                    dataset_options=dict(track.dataset_options.get(dataset, {})), ks=list(track.ks), device=track.device)
     return dataclasses.replace(spec, **kwargs)
 
@@ -339,8 +339,8 @@ def _n_differing(a: list, b: list) -> tuple[int, int]:
 
 # --- output checks on a fitted plugin --------------------------------------------------------------------------------
 
-def check_outputs(method: Method, plugin_cls: type, histories: list[np.ndarray], users: np.ndarray, n_items: int, k: int,
-                  seed: int) -> list[Check]:
+def check_outputs(method: Method, plugin_cls: type, histories: list[np.ndarray], users: np.ndarray, n_items: int,
+                  k: int, seed: int) -> list[Check]:
     """Shapes and dtypes, catalogue ids, duplicates, finite scores, and score/recommend agreement."""
     kwargs = {"users": users} if getattr(method, "uses_user_ids", False) else {}
     n_users, k = len(histories), min(k, n_items)
@@ -450,29 +450,14 @@ def validate(name: str, seed: int = 0, budget_seconds: float = BUDGET_SECONDS, e
         tmp = Path(tmp)
         (card_a, root_a), (card_b, root_b) = write_holdout_variants(tmp, track)
         base = track_spec(name, track, str(card_a), seed=seed, data_dir=str(root_a), latency_users=50,
-                          max_epochs=min(epochs, track.max_epochs or epochs), budget_seconds=COMPARISON_BUDGET_SECONDS,
+                          max_epochs=min(epochs, track.max_epochs or epochs),
                           command=f"harness validate-plugin {name}")
 
-        # The budget run first, so that a plugin that never stops holds nothing up. A first attempt over budget may
-        # have paid for features or SIDs that the second finds cached, as on any later run of a track.
-        for attempt in range(2):
-            short, _ = _probe_run(dataclasses.replace(base, budget_seconds=budget_seconds, max_epochs=None),
-                                  tmp / f"store-budget-{attempt}", root_a)
-            if short["status"] != "over_budget":
-                break
-        used = short["used"]["train_seconds"]
-        if short["status"] == "over_budget":
-            report.checks.append(Check("budget", "fail", f"ignores the budget: {short['failure']}; poll "
-                                       f"budget.exhausted() in the training loop", {"train_seconds": used}))
-            return skip_rest("the plugin does not stop within its budget")
-        if _fit_failure(short):
-            report.checks.append(Check("run", "fail", short["failure"],
-                                       {"traceback": short["diagnostics"].get("traceback")}))
-            return skip_rest("fit fails")
-        budget_check = Check("budget", "pass", f"fit ended after {used:.1f}s of a {budget_seconds:g}s budget "
-                             f"({short['used']['epochs']} epochs)", {"train_seconds": used})
-
         first, probe = _probe_run(base, tmp / "store-1", root_a)
+        if first["status"] == "over_budget":
+            report.checks.append(Check("budget", "fail", f"ignores the budget: {first['failure']}; poll "
+                                       f"budget.exhausted() in the training loop"))
+            return skip_rest("the plugin does not stop within its budget")
         if first["status"] == "ok":
             report.checks.append(Check("run", "pass", f"fit + evaluation ok: test ndcg@10 "
                                        f"{first['metrics']['test'].get('ndcg@10', float('nan')):.4f}, "
@@ -480,9 +465,22 @@ def validate(name: str, seed: int = 0, budget_seconds: float = BUDGET_SECONDS, e
         else:
             report.checks.append(Check("run", "fail", f"{first['status']}: {first['failure']}",
                                        {"traceback": first["diagnostics"].get("traceback")}))
-        report.checks.append(budget_check)
         if probe.instance is None or not probe.fitted:
             return skip_rest("fit did not finish")
+
+        # The short budget after a first run, as on any later run of a track: lazy imports are done and cached
+        # features or SIDs are not charged to it (the harness stopping fit inside an import would break the process).
+        short, _ = _probe_run(dataclasses.replace(base, budget_seconds=budget_seconds, max_epochs=None),
+                              tmp / "store-budget", root_a)
+        used = short["used"]["train_seconds"]
+        if short["status"] == "over_budget":
+            report.checks.append(Check("budget", "fail", f"ignores the budget: {short['failure']}; poll "
+                                       f"budget.exhausted() in the training loop", {"train_seconds": used}))
+        elif _fit_failure(short):
+            report.checks.append(Check("budget", "fail", f"fit fails without an epoch cap: {short['failure']}"))
+        else:
+            report.checks.append(Check("budget", "pass", f"fit ended after {used:.1f}s of a {budget_seconds:g}s "
+                                       f"budget ({short['used']['epochs']} epochs)", {"train_seconds": used}))
 
         dataset = load_dataset(load_card(str(card_a)), root_a)
         histories = [s[:-1] for s in dataset.sequences() if len(s) >= 3]

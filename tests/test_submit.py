@@ -92,7 +92,8 @@ def test_submit_reproduce_and_publish(tmp_path, capsys):
     rows = {r["method"]: r for r in leaderboard_rows(published, [10], "ndcg@10")}
     assert rows["itemknn[neighbors=20]"]["verified"] == rows["itemknn"]["verified"] == "yes"
     mark = next(r for r in published.records if r["config_overrides"])["verified"]
-    assert mark["seed"] == 1 and mark["tolerance"] == 0.01 and mark["bundle"] == "bundle"  # relative to the boards' parent
+    assert mark["seed"] == 1 and mark["tolerance"] == 0.01
+    assert mark["bundle"] == "bundle"  # relative to the boards' parent, like leaderboards/submissions/...
 
 
 def test_a_plugin_that_fails_validation_gets_no_bundle(tmp_path, plugin, capsys):
