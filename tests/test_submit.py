@@ -116,3 +116,12 @@ def test_the_board_shows_the_verified_mark(tmp_path, monkeypatch):
     table = at.dataframe[0].value
     assert table.loc[table["method"] == "itemknn", "verified"].tolist() == ["✓ reproduced"]
     assert any("reproduced" in c.value for c in at.caption)
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["reproduce", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path} is not a submission bundle (no bundle.json)"
+    assert main(["reproduce", str(EXAMPLE), "--seed", "7"]) == 2
+    assert "no seed 7" in capsys.readouterr().err
+    assert main(["new-method", "Bad Name"]) == 2
+    assert "lower-case letters" in capsys.readouterr().err
