@@ -111,7 +111,7 @@ class TrainView:
     def semantic_ids(self, **options: Any):
         """The SID provider (`harness.sid.semantic_ids`) over this catalogue: (SIDTable, provenance)."""
         from harness.sid import semantic_ids
-        table, provenance = semantic_ids(self.items, self.text_fields, **options)
+        table, provenance = semantic_ids(self.items, self.text_fields, interactions=self.interactions(), **options)
         self.provenance.setdefault("sids", []).append(provenance)
         return table, provenance
 

@@ -108,9 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Per-level utilisation and entropy, unique SIDs, collisions, prefix fan-out, "
                              "reconstruction error and neighbourhood agreement with training transitions.")
     report.add_argument("--dataset", required=True)
-    report.add_argument("--tokenizer", default="rkmeans", help="rkmeans, rvq, rqvae, balanced, index-file")
+    report.add_argument("--tokenizer", default="rkmeans", help="rkmeans, rvq, rqvae, balanced, index-file, letter "
+                        "(letter also reads sasrec-cf collaborative embeddings)")
     report.add_argument("--embedder", default="tfidf-svd", help="tfidf-svd, sentence-transformers, attributes, "
-                        "precomputed")
+                        "precomputed, sasrec-cf (a SASRec's item table trained on the training split)")
     report.add_argument("--levels", type=int, default=3)
     report.add_argument("--width", type=int, default=256)
     report.add_argument("--seed", type=int, default=0)
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tokenizer option, e.g. --set epochs=50 or --set path=Beauty.index.json")
     report.add_argument("--embedder-set", dest="embedder_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="embedder option, e.g. --embedder-set dim=64 or --embedder-set model=/path/to/model")
+    report.add_argument("--collaborative-set", dest="collaborative_overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="sasrec-cf option for collaborative tokenizers, e.g. dim=32")
     report.add_argument("--collisions", default="none", help="dedup-token, none, random-pick (default none)")
     report.add_argument("--data-dir", default=None)
     report.add_argument("--runs-dir", default=None, help="reports are stored in <runs-dir>/sids/ (default runs/)")
@@ -307,24 +310,29 @@ def cmd_sids_report(args: argparse.Namespace) -> int:
     from harness.config import parse_overrides
     from harness.data import leave_one_out, load_card, load_dataset
     from harness.features import embed_items
-    from harness.sid import TrainInteractions, build_table, fit_codes, sid_report
+    from harness.sid import TOKENIZERS, TrainInteractions, build_table, fit_codes, sid_report
     from harness.store import default_runs_dir
 
     card = load_card(args.dataset)
     dataset = load_dataset(card, args.data_dir)
     split = leave_one_out(dataset, card.protocol)
+    train = TrainInteractions.from_split(split, dataset.n_items)  # behaviour-derived inputs: training split only
     start = time.perf_counter()
-    x, emb_info = embed_items(dataset.items, dataset.text_fields, args.embedder, **parse_overrides(args.embedder_overrides))
+    x, emb_info = embed_items(dataset.items, dataset.text_fields, args.embedder, train,
+                              **parse_overrides(args.embedder_overrides))
+    collaborative = None
+    if getattr(TOKENIZERS.get(args.tokenizer), "uses_collaborative", False):
+        collaborative, _ = embed_items(dataset.items, dataset.text_fields, "sasrec-cf", train,
+                                       **parse_overrides(args.collaborative_overrides))
     embed_s = time.perf_counter() - start
     options = {"levels": args.levels, "width": args.width, "seed": args.seed, **parse_overrides(args.overrides)}
     if args.tokenizer == "index-file":
         options = {k: v for k, v in options.items() if k not in ("levels", "width")}
     start = time.perf_counter()
-    codes, tok_info = fit_codes(x, args.tokenizer, **options)
+    codes, tok_info = fit_codes(x, args.tokenizer, collaborative, **options)
     fit_s = time.perf_counter() - start
     table = build_table(codes.codes, codes.widths, args.collisions, args.seed)
-    report = sid_report(codes.codes, codes.widths, codes.recon_error,
-                        TrainInteractions.from_split(split, dataset.n_items))
+    report = sid_report(codes.codes, codes.widths, codes.recon_error, train)
     report.update({"dataset": card.name, "split_id": split.split_id, "embedder": emb_info, "tokenizer": tok_info,
                    "collisions": {"strategy": args.collisions, **table.info},
                    "seconds": {"embed": round(embed_s, 2), "fit": round(fit_s, 2)}})

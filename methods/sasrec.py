@@ -11,31 +11,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from harness.api import Budget, Method, TrainView, pad_histories, register
-from harness.nn.causal_encoder import CausalSequenceEncoder, length_bucketed_batches, next_item_pairs
+from harness.nn.causal_encoder import SASRecNet, length_bucketed_batches, next_item_pairs
 from harness.nn.training import train_with_validation
-
-
-class SASRecNet(nn.Module):
-    """Item embeddings (shared by input and output) + the causal sequence encoder."""
-
-    def __init__(self, n_items: int, hidden: int, blocks: int, heads: int, max_len: int, dropout: float,
-                 ffn_mult: int = 4):
-        super().__init__()
-        self.max_len = max_len
-        self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)  # id 0 = padding
-        self.encoder = CausalSequenceEncoder(hidden, blocks, heads, max_len, dropout, ffn_mult)
-        for emb in (self.item_emb, self.encoder.pos_emb):
-            nn.init.normal_(emb.weight, std=0.02)
-
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """seq [B, L] of item ids + 1 (0 = pad, left-padded) → hidden states [B, L, d]."""
-        return self.encoder(self.item_emb(seq), seq > 0)
-
-    def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden @ self.item_emb.weight[1:].T
 
 
 @register

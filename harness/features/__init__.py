@@ -8,6 +8,7 @@ import pandas as pd
 from pandas.util import hash_pandas_object
 
 from harness.features.cache import cached_arrays, content_key
+from harness.errors import HarnessError
 from harness.features.embedders import EMBEDDERS, Embedder, item_texts, make_embedder
 
 
@@ -17,15 +18,35 @@ def items_fingerprint(items: pd.DataFrame, fields: Sequence[str]) -> str:
     return content_key(hash_pandas_object(items[cols].astype(str), index=True).to_numpy())
 
 
-def embed_items(items: pd.DataFrame, text_fields: Sequence[str], name: str = "tfidf-svd",
+def interactions_fingerprint(interactions) -> str:
+    """Hash of the training sequences (their items and where each user's sequence ends)."""
+    seqs = interactions.sequences
+    flat = np.concatenate(seqs) if seqs else np.zeros(0, np.int64)
+    return content_key(flat, np.array([len(s) for s in seqs], dtype=np.int64), interactions.n_items)
+
+
+def embed_items(items: pd.DataFrame, text_fields: Sequence[str], name: str = "tfidf-svd", interactions=None,
                 **options: Any) -> tuple[np.ndarray, dict[str, Any]]:
-    """Embeddings [n_items, d] and their provenance (embedder identity, fields, cache key, cache hit)."""
+    """Embeddings [n_items, d] and their provenance (embedder identity, fields, cache key, cache hit).
+    Embedders that learn from interactions (`sasrec-cf`) need `interactions` (a `TrainInteractions`)."""
     emb = make_embedder(name, **options)
     fields = list(text_fields) if emb.uses_text else []
-    key = content_key(emb.identity(), fields, items_fingerprint(items, fields))
-    arrays, hit = cached_arrays("embeddings", key, lambda: {"x": emb.embed(items, fields)},
+    parts: list[Any] = [emb.identity(), fields, items_fingerprint(items, fields)]
+    if emb.uses_interactions:
+        from harness.sid.interactions import require_train
+        if interactions is None:
+            raise HarnessError(f"embedder {name!r} learns from the training split's interactions; it is available "
+                               "where they are (a method's TrainView, `harness sids report`)")
+        require_train(interactions)
+        parts.append(interactions_fingerprint(interactions))
+    key = content_key(*parts)
+    compute = (lambda: {"x": emb.embed(items, fields, interactions)}) if emb.uses_interactions else \
+        (lambda: {"x": emb.embed(items, fields)})
+    arrays, hit = cached_arrays("embeddings", key, compute,
                                 meta={**emb.identity(), "fields": fields, "n_items": len(items)})
     return arrays["x"], {**emb.identity(), "fields": fields, "key": key, "cached": hit, "dim": int(arrays["x"].shape[1])}
 
+
+from harness.features import collaborative  # noqa: E402,F401  (registers `sasrec-cf`)
 
 __all__ = ["EMBEDDERS", "Embedder", "embed_items", "item_texts", "make_embedder"]

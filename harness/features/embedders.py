@@ -36,6 +36,7 @@ def item_texts(items: pd.DataFrame, fields: Sequence[str]) -> list[str]:
 class Embedder:
     name = ""
     uses_text = True
+    uses_interactions = False  # True: `embed` also takes the training split's `TrainInteractions`
 
     def __init__(self, **options: Any):
         self.options = options

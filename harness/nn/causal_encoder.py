@@ -1,5 +1,6 @@
 """The causal self-attention sequence encoder of SASRec-style models (SASRec, the ARGUS user tower, collaborative
-item embeddings): learned positions, pre-norm transformer blocks, a causal mask over left-padded histories."""
+item embeddings): learned positions, pre-norm transformer blocks, a causal mask over left-padded histories; SASRec's
+network on it; and the next-item training pairs and batches they share."""
 from __future__ import annotations
 
 import numpy as np
@@ -35,6 +36,26 @@ class CausalSequenceEncoder(nn.Module):
         blocked &= ~torch.eye(length, dtype=torch.bool, device=x.device)[None]
         x = self.blocks(x, mask=blocked.repeat_interleave(self.heads, dim=0))
         return self.out_norm(x) * real.unsqueeze(-1)
+
+
+class SASRecNet(nn.Module):
+    """Item embeddings (shared by input and output) + the causal sequence encoder."""
+
+    def __init__(self, n_items: int, hidden: int, blocks: int, heads: int, max_len: int, dropout: float,
+                 ffn_mult: int = 4):
+        super().__init__()
+        self.max_len = max_len
+        self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)  # id 0 = padding
+        self.encoder = CausalSequenceEncoder(hidden, blocks, heads, max_len, dropout, ffn_mult)
+        for emb in (self.item_emb, self.encoder.pos_emb):
+            nn.init.normal_(emb.weight, std=0.02)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq [B, L] of item ids + 1 (0 = pad, left-padded) → hidden states [B, L, d]."""
+        return self.encoder(self.item_emb(seq), seq > 0)
+
+    def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden @ self.item_emb.weight[1:].T
 
 
 def next_item_pairs(sequences: list[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -105,8 +105,13 @@ class GenerativeRetrieval(Method):
         table, self.sid_provenance = train.semantic_ids(
             embedder=cfg["embedder"], embedder_options=cfg.get("embedder_options") or {},
             tokenizer=cfg["tokenizer"], collisions=cfg["collisions"], seed=cfg["sid_seed"],
-            tokenizer_options={"levels": cfg["levels"], "width": cfg["width"], **(cfg.get("tokenizer_options") or {})})
+            tokenizer_options={"levels": cfg["levels"], "width": cfg["width"], **self.tokenizer_options()},
+            collaborative_embedder=cfg.get("collaborative_embedder", "sasrec-cf"),
+            collaborative_options=cfg.get("collaborative_options") or {})
         return table
+
+    def tokenizer_options(self) -> dict[str, Any]:
+        return dict(self.config.get("tokenizer_options") or {})
 
     # --- training -----------------------------------------------------------------------------------------------
     def fit(self, train: TrainView, budget: Budget) -> None:

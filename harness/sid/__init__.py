@@ -13,22 +13,28 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from harness.errors import HarnessError
 from harness.features import embed_items
 from harness.features.cache import cached_arrays, content_key
 from harness.sid.collisions import STRATEGIES, SIDTable, build_table
 from harness.sid.diagnostics import sid_report
+from harness.sid import letter  # noqa: F401  (registers the `letter` tokenizer)
 from harness.sid.interactions import TrainInteractions
 from harness.sid.tokenizers import TOKENIZERS, SIDCodes, make_tokenizer
 from harness.sid.trie import PrefixTrie
 
 
-def fit_codes(embeddings: np.ndarray, tokenizer: str = "rkmeans", **options: Any) -> tuple[SIDCodes, dict[str, Any]]:
-    """Codes for embeddings, cached by (embeddings, tokenizer identity). Returns (codes, provenance)."""
+def fit_codes(embeddings: np.ndarray, tokenizer: str = "rkmeans", collaborative: np.ndarray | None = None,
+              **options: Any) -> tuple[SIDCodes, dict[str, Any]]:
+    """Codes for embeddings, cached by (embeddings, tokenizer identity[, collaborative embeddings]).
+    Returns (codes, provenance). Tokenizers that learn from behaviour (`letter`) also take `collaborative`."""
     tok = make_tokenizer(tokenizer, **options)
-    key = content_key(embeddings, tok.identity())
+    if tok.uses_collaborative and collaborative is None:
+        raise HarnessError(f"tokenizer {tokenizer!r} needs collaborative item embeddings (e.g. from `sasrec-cf`)")
+    key = content_key(embeddings, tok.identity(), *([collaborative] if tok.uses_collaborative else []))
 
     def compute() -> dict[str, np.ndarray]:
-        result = tok.fit(embeddings)
+        result = tok.fit(embeddings, collaborative) if tok.uses_collaborative else tok.fit(embeddings)
         return {"codes": result.codes, "widths": np.asarray(result.widths),
                 "recon_error": np.asarray(np.nan if result.recon_error is None else result.recon_error)}
     arrays, hit = cached_arrays("sids", key, compute, meta=tok.identity())
@@ -41,13 +47,24 @@ def fit_codes(embeddings: np.ndarray, tokenizer: str = "rkmeans", **options: Any
 def semantic_ids(items: pd.DataFrame, text_fields: Sequence[str], embedder: str = "tfidf-svd",
                  embedder_options: dict[str, Any] | None = None, tokenizer: str = "rkmeans",
                  tokenizer_options: dict[str, Any] | None = None, collisions: str = "dedup-token",
-                 seed: int = 0, embeddings: np.ndarray | None = None) -> tuple[SIDTable, dict[str, Any]]:
+                 seed: int = 0, embeddings: np.ndarray | None = None, interactions: TrainInteractions | None = None,
+                 collaborative_embedder: str = "sasrec-cf", collaborative_options: dict[str, Any] | None = None,
+                 ) -> tuple[SIDTable, dict[str, Any]]:
+    """The SID table of a catalogue. `interactions` (training split only) feed embedders and tokenizers that learn
+    from behaviour: `embedder="sasrec-cf"`, or a tokenizer such as `letter` that also reads collaborative
+    embeddings (from `collaborative_embedder`)."""
     provenance: dict[str, Any] = {}
     if embeddings is None:
-        embeddings, provenance["embedder"] = embed_items(items, text_fields, embedder, **(embedder_options or {}))
+        embeddings, provenance["embedder"] = embed_items(items, text_fields, embedder, interactions,
+                                                         **(embedder_options or {}))
     else:
         provenance["embedder"] = {"embedder": "given", "key": content_key(embeddings)}
-    codes, provenance["tokenizer"] = fit_codes(embeddings, tokenizer, **{"seed": seed, **(tokenizer_options or {})})
+    collaborative = None
+    if getattr(TOKENIZERS.get(tokenizer), "uses_collaborative", False):
+        collaborative, provenance["collaborative"] = embed_items(items, text_fields, collaborative_embedder,
+                                                                 interactions, **(collaborative_options or {}))
+    codes, provenance["tokenizer"] = fit_codes(embeddings, tokenizer, collaborative,
+                                               **{"seed": seed, **(tokenizer_options or {})})
     table = build_table(codes.codes, codes.widths, collisions, seed)
     table.info["recon_error"] = codes.recon_error
     provenance["collisions"] = {"strategy": collisions, **table.info}

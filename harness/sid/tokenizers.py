@@ -40,6 +40,7 @@ class SIDCodes:
 
 class Tokenizer:
     name = ""
+    uses_collaborative = False  # True: `fit(x, collaborative)` also reads collaborative item embeddings
 
     def __init__(self, levels: int = 3, width: int = 256, seed: int = 0, **options: Any):
         if levels < 1 or width < 2:
