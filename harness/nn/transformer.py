@@ -199,6 +199,11 @@ class SIDTransformer(nn.Module):
     def forward(self, sids: torch.Tensor, users: torch.Tensor | None, target: torch.Tensor,
                 encoded=None) -> list[torch.Tensor]:
         """Teacher-forced logits per level: list of [B, W_l]."""
+        return self.decode_logits(self.decoder_states(sids, users, target, encoded), 0)
+
+    def decoder_states(self, sids: torch.Tensor, users: torch.Tensor | None, target: torch.Tensor,
+                       encoded=None) -> torch.Tensor:
+        """Teacher-forced, normalised decoder states [B, L, d]; state l predicts code l (state 0 sees only BOS)."""
         dec_tokens = self.target_tokens(target)
         dec_level = torch.arange(self.levels, device=target.device).expand(len(target), -1)
         if self.shape.arch == "encdec":
@@ -206,10 +211,10 @@ class SIDTransformer(nn.Module):
             x = self._embed(dec_tokens, dec_level)
             for block, memory_kv in zip(self.decoder, kv):
                 x = block(x, causal=True, memory_kv=memory_kv, memory_mask=mask)
-            return self.decode_logits(self.dec_norm(x), 0)
+            return self.dec_norm(x)
         tokens, level = self.history_tokens(sids, users)
         x = self._decoder_only(torch.cat([tokens, dec_tokens], 1), torch.cat([level, dec_level], 1))
-        return self.decode_logits(x[:, -self.levels:], 0)
+        return x[:, -self.levels:]
 
     def _decoder_only(self, tokens, level, caches=None):
         x = self._embed(tokens, level)
