@@ -128,7 +128,8 @@ class ETEGRec(GenerativeRetrieval):
         torch.manual_seed(train.seed)
         generator = torch.Generator().manual_seed(train.seed)
         from harness.features import embed_items
-        cf, provenance = embed_items(train.items, train.text_fields, "sasrec-cf", train.interactions(),
+        self.interactions = train.interactions()
+        cf, provenance = embed_items(train.items, train.text_fields, "sasrec-cf", self.interactions,
                                      **cfg["collaborative_options"])
         train.provenance.setdefault("features", []).append(provenance)
         self.cf = torch.as_tensor(cf, device=self.device)

@@ -55,7 +55,7 @@ def test_log_q_is_the_expected_count_under_the_mixed_proposal():
 
 SMALL_GR = dict(embedder="tfidf-svd", tokenizer="rkmeans", width=8, d_model=64, heads=2, d_head=32, d_ff=128,
                 ilsm_d_ff=128, enc_layers=2, dec_layers=3, max_history=8, lr=0.003, warmup_steps=10, epochs=12,
-                eval_every=12, beam=20, user_buckets=0, dropout=0.0)
+                eval_every=12, beam=20, user_buckets=0, dropout=0.0, inbatch_negatives=64)
 
 
 def test_argus_beats_pop_on_synthetic(tiny_spec, store):

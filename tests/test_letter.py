@@ -70,6 +70,7 @@ def test_letter_beats_pop_on_synthetic(tiny_spec, store, tmp_path, monkeypatch):
     assert record["metrics"]["test"]["recall@10"] > pop["metrics"]["test"]["recall@10"] + 0.1
     sids = record["features"]["sids"][0]
     assert sids["tokenizer"]["tokenizer"] == "letter" and sids["collaborative"]["embedder"] == "sasrec-cf"
+    assert len(record["diagnostics"]["tokenizer_report"]["per_level"]) == 3
 
 
 def test_etegrec_beats_pop_and_counts_its_code_recomputations(tiny_spec, store, tmp_path, monkeypatch):
@@ -87,3 +88,5 @@ def test_etegrec_beats_pop_and_counts_its_code_recomputations(tiny_spec, store, 
     assert len(steps) == 4 and [s.get("epoch") for s in steps[1:]] == [5, 10, 15]  # one after each tokenizer epoch
     assert all(0 <= s["collision_rate"] <= 1 and s["items_changed_sid"] >= 0 for s in steps)
     assert record["diagnostics"]["invalid_sid_rate"] == 0.0
+    report = record["diagnostics"]["tokenizer_report"]  # the final codes' report, as `harness sids report` prints
+    assert report["items"] == 120 and len(report["per_level"]) == 3 and report["neighbourhood"]

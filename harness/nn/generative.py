@@ -120,6 +120,7 @@ class GenerativeRetrieval(Method):
         self.table = self.build_sids(train)
         self.item_group = self.table.group_of  # item → SID group (for SID-level diagnostics)
         self.item_sids = torch.as_tensor(self.table.codes, device=self.device)
+        self.interactions = train.interactions()  # for the tokenizer report stored in the record
         self.trie = PrefixTrie(self.table.codes, self.table.widths, self.device) if cfg["constrained"] else None
         self.resolver = SIDResolver(self.table, self.device)
         self.model = SIDTransformer(self.model_shape()).to(self.device)
@@ -193,8 +194,18 @@ class GenerativeRetrieval(Method):
         sizes = torch.where(groups >= 0, self.resolver.sizes[groups.clamp(min=0)], torch.zeros_like(groups))
         return TopK(items=items, scores=item_scores, extras={"beam_groups": groups, "beam_group_sizes": sizes})
 
+    def tokenizer_report(self) -> dict[str, Any] | None:
+        """`harness sids report`'s figures for the SIDs this run used (before any dedup / counter token)."""
+        if not hasattr(self, "table") or not hasattr(self, "interactions"):
+            return None
+        from harness.sid import sid_report
+        levels = len(self.table.widths) - (1 if self.table.strategy == "dedup-token" else 0)
+        return sid_report(self.table.codes[:, :levels], list(self.table.widths[:levels]),
+                          self.table.info.get("recon_error"), self.interactions)
+
     def diagnostics(self) -> dict[str, Any]:
         info = dict(self.table.info) if hasattr(self, "table") else {}
+        info["tokenizer_report"] = self.tokenizer_report()
         info["sid_levels"] = list(self.table.widths) if hasattr(self, "table") else None
         info["sids"] = getattr(self, "sid_provenance", None)
         info["constrained"] = bool(self.config.get("constrained"))
