@@ -42,9 +42,10 @@ def numeric_rows(results: ResultSet, metric: str) -> pd.DataFrame:
         s = seed_summary([v for v in values if v is not None])
         lat = [(r.get("latency") or {}).get("p50_ms") for r in records]
         train = [(r.get("used") or {}).get("train_seconds") for r in records]
-        rows.append({"method": label, metric: s["mean"],
-                     "p50_ms": float(np.median([x for x in lat if x is not None])) if any(lat) else np.nan,
-                     "train_s": float(np.median([x for x in train if x is not None])) if any(train) else np.nan})
+        lat, train = [x for x in lat if x is not None], [x for x in train if x is not None]
+        rows.append({"method": label, metric: s["mean"],  # 0.0 s is a real time (pop), only None is missing
+                     "p50_ms": float(np.median(lat)) if lat else np.nan,
+                     "train_s": float(np.median(train)) if train else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -56,7 +57,7 @@ def pareto(frame: pd.DataFrame, cost: str, quality: str) -> pd.DataFrame:
         if row[quality] > best:
             front.append(row)
             best = row[quality]
-    return pd.DataFrame(front)
+    return pd.DataFrame(front, columns=frame.columns)  # keep the columns when the front is empty (the chart needs them)
 
 
 def cost_chart(frame: pd.DataFrame, cost: str, metric: str, title: str):
