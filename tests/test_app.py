@@ -66,3 +66,21 @@ def test_the_published_cpu_small_board_is_shown(tmp_path, monkeypatch):
     table = at.dataframe[0].value
     assert {"pop", "sasrec", "sasrec[loss=bce]"} <= set(table["method"])
     assert (table.loc[table["method"] == "sasrec", "seeds"] == 5).all()
+
+
+def test_cost_charts_survive_zero_training_times(published, tmp_path):
+    """Pop trains in well under a millisecond: a recorded 0.0 s must plot, not break the Pareto chart."""
+    import json
+    import os
+    path = Path(os.environ["HARNESS_LEADERBOARDS_DIR"]) / "smoke" / "synthetic.jsonl"
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        record.setdefault("used", {})["train_seconds"] = 0.0
+        lines.append(json.dumps(record))
+    path.write_text("\n".join(lines) + "\n")
+    at = AppTest.from_file(APP).run(timeout=60)
+    assert not at.exception and len(at.dataframe[0].value) == 2
