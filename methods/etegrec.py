@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from harness.api import Budget, TrainView, check_finite, register
 from harness.errors import HarnessError
-from harness.nn.generative import GenerativeRetrieval, SIDResolver, training_samples
+from harness.nn.generative import GenerativeRetrieval, training_samples
 from harness.nn.transformer import SIDTransformer
-from harness.sid import PrefixTrie, build_table
+from harness.sid import build_table
 from harness.sid.tokenizers import RQVAEModel
 
 
@@ -72,12 +72,7 @@ class ETEGRec(GenerativeRetrieval):
                                f"{cfg['counter_width']}; raise counter_width or the codebook size")
         previous = getattr(self, "table", None)
         changed = int((previous.codes != table.codes).any(axis=1).sum()) if previous is not None else len(table.codes)
-        self.table = table
-        self.item_group = table.group_of
-        self.item_sids = torch.as_tensor(table.codes, device=self.device)
-        widths = [cfg["width"]] * cfg["levels"] + [cfg["counter_width"]]
-        self.trie = PrefixTrie(table.codes, widths, self.device) if cfg["constrained"] else None
-        self.resolver = SIDResolver(table, self.device)
+        self.use_table(table, [cfg["width"]] * cfg["levels"] + [cfg["counter_width"]])
         n = len(table.codes)
         return {"items_changed_sid": changed, "collision_rate": table.info["items_in_collisions"] / max(1, n)}
 
@@ -137,7 +132,6 @@ class ETEGRec(GenerativeRetrieval):
                                     cfg["width"], 0.25).to(self.device)
         self.pretrain_tokenizer(cfg["tokenizer_warmup_epochs"], generator, budget)
         self.recomputations = [self.recompute_codes()]
-        self.table.info["widths"] = list(self.table.widths)
         shape = self.model_shape()
         shape.widths = [cfg["width"]] * cfg["levels"] + [cfg["counter_width"]]
         self.model = SIDTransformer(shape).to(self.device)

@@ -117,12 +117,8 @@ class GenerativeRetrieval(Method):
     def fit(self, train: TrainView, budget: Budget) -> None:
         cfg = self.config
         self.device = train.device
-        self.table = self.build_sids(train)
-        self.item_group = self.table.group_of  # item → SID group (for SID-level diagnostics)
-        self.item_sids = torch.as_tensor(self.table.codes, device=self.device)
+        self.use_table(self.build_sids(train))
         self.interactions = train.interactions()  # for the tokenizer report stored in the record
-        self.trie = PrefixTrie(self.table.codes, self.table.widths, self.device) if cfg["constrained"] else None
-        self.resolver = SIDResolver(self.table, self.device)
         self.model = SIDTransformer(self.model_shape()).to(self.device)
         users, hists, targets = training_samples(train.sequences, cfg["max_history"], cfg["sliding_window"])
         trained = self.build_heads(train, targets)
@@ -136,6 +132,16 @@ class GenerativeRetrieval(Method):
             lambda: torch.randperm(len(targets), generator=generator).split(cfg["batch_size"]),
             lambda idx: self.training_loss(users[idx], hists[idx], targets[idx]), cfg,
             scheduler=schedule, clip_norm=1.0)
+
+    def use_table(self, table: SIDTable, widths: list[int] | None = None) -> None:
+        """Adopt a SID table: item → SID, item → group, the validity trie (over `widths`, default the table's) and
+        the resolver. Called again by methods whose codes change during training."""
+        self.table = table
+        self.item_group = table.group_of  # item → SID group (for SID-level diagnostics)
+        self.item_sids = torch.as_tensor(table.codes, device=self.device)
+        widths = list(table.widths) if widths is None else widths
+        self.trie = PrefixTrie(table.codes, widths, self.device) if self.config["constrained"] else None
+        self.resolver = SIDResolver(table, self.device)
 
     def model_shape(self) -> ModelShape:
         cfg = self.config
