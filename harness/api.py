@@ -86,11 +86,15 @@ class TrainView:
     - `text_fields`: the dataset card's fields that make an item's text
     - `validate(method)`: validation metrics computed by the harness on the validation targets
     - `device`, `seed`, `work_dir` (a folder the plugin may write caches to)
+    - `users`: the user table where the card has one (row u = dense user u: demographics …), else None
+    - labelled-exposure protocol only: `exposures` (user, item, ts, rating, label: the training exposures, negatives
+      included; `sequences` then holds each user's positives) and `protocol` (threshold, block sizes)
     """
 
     def __init__(self, sequences: list[np.ndarray], n_items: int, items: pd.DataFrame, text_fields: Sequence[str],
                  validate: Callable[["Method"], dict[str, float]], device: torch.device, seed: int,
-                 work_dir: Path, dataset: str):
+                 work_dir: Path, dataset: str, exposures: pd.DataFrame | None = None,
+                 users: pd.DataFrame | None = None, protocol: dict[str, Any] | None = None):
         self.sequences = sequences
         self.n_items = n_items
         self.n_users = len(sequences)
@@ -101,6 +105,9 @@ class TrainView:
         self.seed = seed
         self.work_dir = work_dir
         self.dataset = dataset
+        self.exposures = exposures
+        self.users = users
+        self.protocol = dict(protocol or {"name": "leave-one-out"})
         self.provenance: dict[str, Any] = {}  # features and SIDs the plugin drew; copied into the run record
 
     def item_text(self) -> list[str]:
@@ -136,6 +143,10 @@ class Method:
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     uses_user_ids: ClassVar[bool] = False  # True: recommend/score also get `users=` (dense user indices)
+    # True: on the labelled protocol recommend/score also get `exposures=` (one ExposureHistory per user: every
+    # labelled exposure before the evaluated block); False methods see positives only, as `histories`
+    uses_exposures: ClassVar[bool] = False
+    probability_scores: ClassVar[bool] = False  # True: score() returns probabilities (log-loss is then reported)
     needs: ClassVar[tuple[str, ...]] = ()
     default_config: ClassVar[dict[str, Any]] = {}
     search_space: ClassVar[dict[str, Any]] = {}

@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a dataset option, e.g. --data-set n_users=300 for synthetic")
     run.add_argument("--exclude-history", action="store_true",
                      help="exclude history items from ranking (a protocol parameter; default: not excluded)")
+    run.add_argument("--protocol", default=None, choices=["leave-one-out", "labelled"],
+                     help="evaluation protocol (default: the card's, leave-one-out); labelled = rated exposures, "
+                     "label = rating >= threshold, AUC/gAUC beside retrieval (cards with ratings only)")
+    run.add_argument("--protocol-set", dest="protocol_overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="protocol parameter, e.g. --protocol-set threshold=4 --protocol-set test_exposures=10")
     run.add_argument("--ks", type=_ks, default=None, help="metric cut-offs (default 5,10,20,50 or the track's)")
     run.add_argument("--track", default=None, help="run under a track's pins (datasets, protocol, budget, device, "
                      "cut-offs, seeds, method sizes); see leaderboards/tracks/")
@@ -156,6 +161,9 @@ def make_spec(args: argparse.Namespace, dataset: str, argv: Sequence[str]):
     overrides = parse_overrides(getattr(args, "overrides", []))
     data_options = parse_overrides(getattr(args, "data_overrides", []))
     protocol = {"exclude_history": True} if getattr(args, "exclude_history", False) else {}
+    if getattr(args, "protocol", None):
+        protocol["name"] = args.protocol
+    protocol.update(parse_overrides(getattr(args, "protocol_overrides", None) or []))
     budget = getattr(args, "budget", None)
     spec = RunSpec(method=args.method, dataset=dataset, overrides=overrides, dataset_options=data_options,
                    protocol=protocol, data_dir=args.data_dir,

@@ -29,7 +29,7 @@ import harness
 from harness import registry
 from harness.api import Budget, Method, TrainView
 from harness.config import config_hash, merge_config
-from harness.data import leave_one_out, load_card, load_dataset
+from harness.data import load_card, load_dataset, make_split
 from harness.data.split import EvalPart
 from harness.errors import BudgetExceeded, NonFiniteLoss, RunPruned
 from harness.evaluate import DEFAULT_KS, EvaluationError, evaluate_method
@@ -66,19 +66,15 @@ class RunSpec:
 class Validator:
     """The `validate()` callback: validation metrics by the harness's evaluator. Holds validation data only."""
 
-    def __init__(self, part: EvalPart, n_items: int, ks: Sequence[int], exclude_history: bool,
+    def __init__(self, evaluate: Callable[[Method], Any],
                  hook: Callable[[int, dict[str, float]], None] | None = None):
+        self._evaluate = evaluate
         self._hook = hook
-        self._part = part
-        self._n_items = n_items
-        self._ks = tuple(ks)
-        self._exclude = exclude_history
         self._start = time.monotonic()
         self.curve: list[dict[str, float]] = []
 
     def __call__(self, method: Method) -> dict[str, float]:
-        result = evaluate_method(method, self._part.histories, self._part.targets, self._n_items, self._ks,
-                                 self._exclude, desc="validate", users=self._part.users)
+        result = self._evaluate(method)
         self.curve.append({"call": len(self.curve) + 1, "elapsed_s": round(time.monotonic() - self._start, 3),
                            **{k: round(v, 6) for k, v in result.metrics.items()}})
         log.info("validation %d at %.0fs: recall@10 %.4f ndcg@10 %.4f", len(self.curve), self.curve[-1]["elapsed_s"],
@@ -86,6 +82,18 @@ class Validator:
         if self._hook is not None:
             self._hook(len(self.curve), result.metrics)
         return result.metrics
+
+
+def stage_evaluator(split, stage: str, n_items: int, ks: Sequence[int], desc: str | None = None,
+                    **options: Any) -> Callable[[Method], Any]:
+    """Evaluation of one stage (valid/test) under the split's protocol, as a function of the fitted method."""
+    part = getattr(split, stage)
+    exclude_history = bool(split.protocol["exclude_history"])
+    if split.protocol["name"] == "labelled":
+        from harness.evaluate_labelled import evaluate_labelled
+        return lambda method: evaluate_labelled(method, part, n_items, ks, exclude_history, **options)
+    return lambda method: evaluate_method(method, part.histories, part.targets, n_items, ks, exclude_history,
+                                          desc=desc or stage, users=part.users, **options)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -160,7 +168,8 @@ def _peak_memory_mb(device: torch.device) -> dict[str, float]:
 
 
 def measure_latency(method: Method, histories: Sequence[np.ndarray], k: int, n_users: int, batch: int,
-                    device: torch.device, users: np.ndarray | None = None) -> dict[str, Any]:
+                    device: torch.device, users: np.ndarray | None = None,
+                    exposures: Sequence[Any] | None = None) -> dict[str, Any]:
     """p50/p95/p99 of `recommend` per user at batch 1 after warm-up, and users/s at batch `batch`."""
     if not histories:
         return {}
@@ -168,9 +177,13 @@ def measure_latency(method: Method, histories: Sequence[np.ndarray], k: int, n_u
     picks = rng.choice(len(histories), size=min(n_users, len(histories)), replace=False)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     pass_users = getattr(method, "uses_user_ids", False) and users is not None
+    pass_exposures = getattr(method, "uses_exposures", False) and exposures is not None
 
     def kw(index):
-        return {"users": np.asarray(users)[index]} if pass_users else {}
+        out = {"users": np.asarray(users)[index]} if pass_users else {}
+        if pass_exposures:
+            out["exposures"] = [exposures[i] for i in index]
+        return out
     times = []
     with torch.no_grad():
         for i in picks[:3]:  # warm-up
@@ -213,7 +226,9 @@ def prepare(spec: RunSpec) -> Prepared:
                           getattr(method_cls, "recipes", None))
     card = load_card(spec.dataset)
     dataset = load_dataset(card, spec.data_dir, **spec.dataset_options)
-    split = leave_one_out(dataset, {**card.protocol, **spec.protocol})
+    protocol = dict(spec.protocol) if spec.protocol.get("name", card.protocol.get("name")) != card.protocol.get("name") \
+        else {**card.protocol, **spec.protocol}
+    split = make_split(dataset, protocol)
     return Prepared(method_cls, config, card, dataset, split)
 
 
@@ -251,10 +266,13 @@ def run(spec: RunSpec, store: RunStore | None = None, prepared: Prepared | None 
     per_user: dict[str, dict[str, np.ndarray]] = {}
 
     seed_everything(spec.seed)
-    validator = Validator(split.valid, dataset.n_items, spec.ks, exclude_history, spec.on_validate)
+    labelled = split.protocol["name"] == "labelled"
+    validator = Validator(stage_evaluator(split, "valid", dataset.n_items, spec.ks, desc="validate"), spec.on_validate)
     view = TrainView(sequences=split.train_sequences, n_items=dataset.n_items, items=dataset.items,
                      text_fields=dataset.text_fields, validate=validator, device=device, seed=spec.seed,
-                     work_dir=store.run_dir(run_id) / "work", dataset=card.name)
+                     work_dir=store.run_dir(run_id) / "work", dataset=card.name,
+                     exposures=split.train_exposures if labelled else None, users=getattr(dataset, "users", None),
+                     protocol=split.protocol)
     budget = Budget(spec.budget_seconds, spec.max_epochs)
     hard_limit = None if spec.budget_seconds is None else spec.budget_seconds + max(2.0, 0.05 * spec.budget_seconds)
     method: Method | None = None
@@ -288,21 +306,20 @@ def run(spec: RunSpec, store: RunStore | None = None, prepared: Prepared | None 
     if record["status"] == "ok":
         try:
             with torch.no_grad():
-                valid = evaluate_method(method, split.valid.histories, split.valid.targets, dataset.n_items, spec.ks,
-                                        exclude_history, desc="validate", users=split.valid.users)
+                valid = stage_evaluator(split, "valid", dataset.n_items, spec.ks, desc="validate")(method)
                 record["metrics"] = {"valid": _round(valid.metrics)}
                 record["eval"]["mode"] = valid.mode
                 record["diagnostics"].update({f"valid_{k}": v for k, v in valid.diagnostics.items()})
                 per_user = {"valid": valid.per_user, "users": {"index": split.valid.users}}
                 if spec.evaluate_test:  # once, after fit; never for tuning trials
-                    test = evaluate_method(method, split.test.histories, split.test.targets, dataset.n_items,
-                                           spec.ks, exclude_history, desc="test", users=split.test.users)
+                    test = stage_evaluator(split, "test", dataset.n_items, spec.ks)(method)
                     record["metrics"]["test"] = _round(test.metrics)
                     record["diagnostics"].update(test.diagnostics)
                     per_user["test"] = test.per_user
             record["diagnostics"].update(method.diagnostics())
             record["latency"] = measure_latency(method, split.valid.histories, max(spec.ks), spec.latency_users,
-                                                spec.throughput_batch, device, split.valid.users)
+                                                spec.throughput_batch, device, split.valid.users,
+                                                split.valid.exposures if labelled else None)
         except (EvaluationError, NotImplementedError) as exc:
             record["status"], record["failure"] = "failed", f"{type(exc).__name__} in evaluation: {exc}"
         except Exception as exc:

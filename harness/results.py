@@ -47,8 +47,8 @@ class ResultSet:
     def per_user(self, record: dict[str, Any], stage: str = "test") -> dict[str, np.ndarray] | None:
         """Per-user metric arrays for a run, recomputed from its stored ranks (any cut-off works)."""
         ranks = _ranks(self, record, stage)
-        if ranks is None:
-            return None
+        if ranks is None:  # labelled protocol: several targets per user, the per-user metrics are stored as such
+            return _stored_metrics(self, record, stage)
         ranks_f = torch.as_tensor(ranks.astype(np.float64))
         ranks_f[ranks_f < 0] = float("inf")
         ks = record.get("eval", {}).get("ks") or [5, 10, 20, 50]
@@ -143,6 +143,17 @@ def _ranks(results: ResultSet, record: dict[str, Any], stage: str) -> np.ndarray
     if isinstance(source, Path) and source.exists():
         with np.load(source) as data:
             return data[f"{stage}/rank"] if f"{stage}/rank" in data.files else None
+    return None
+
+
+def _stored_metrics(results: ResultSet, record: dict[str, Any], stage: str) -> dict[str, np.ndarray] | None:
+    source = results._sources.get(record["run_id"])
+    if isinstance(source, RunStore):
+        return source.per_user(record["run_id"]).get(stage) or None
+    if isinstance(source, Path) and source.exists():
+        with np.load(source) as data:
+            prefix = f"{stage}/"
+            return {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)} or None
     return None
 
 

@@ -51,6 +51,8 @@ def paired(a: np.ndarray, b: np.ndarray, n_boot: int = 5000, confidence: float =
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape:
         raise ValueError(f"paired arrays differ in shape: {a.shape} vs {b.shape} (different splits?)")
+    defined = ~(np.isnan(a) | np.isnan(b))  # NaN: no value for this user (e.g. gAUC of a user with one label)
+    a, b = a[defined], b[defined]
     diff = a - b
     out = {"diff": float(diff.mean()), "n_users": int(len(diff))}
     if len(diff) < 2 or not np.any(diff != 0):

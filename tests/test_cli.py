@@ -90,7 +90,8 @@ def test_console_script_is_installed():
 def test_datasets_list_shows_every_card(capsys):
     code, out, _ = run_cli(capsys, "datasets")
     assert code == 0
-    for name in ("beauty", "sports", "toys", "scientific", "yelp", "ml-latest-small", "synthetic"):
+    for name in ("beauty", "sports", "toys", "scientific", "yelp", "ml-latest-small", "ml-100k", "synthetic",
+                 "synthetic-labelled"):
         assert name in out
 
 

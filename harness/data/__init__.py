@@ -2,7 +2,7 @@
 from harness.data.cards import Card, data_root, load_card
 from harness.data.dataset import Dataset
 from harness.data.loaders import load_dataset
-from harness.data.split import Split, leave_one_out
+from harness.data.split import Split, leave_one_out, make_split
 
 
 def load(name: str, data_dir=None, **options) -> Dataset:
@@ -10,4 +10,4 @@ def load(name: str, data_dir=None, **options) -> Dataset:
     return load_dataset(load_card(name), data_dir, **options)
 
 
-__all__ = ["Card", "Dataset", "Split", "data_root", "load", "load_card", "load_dataset", "leave_one_out"]
+__all__ = ["Card", "Dataset", "Split", "data_root", "load", "load_card", "load_dataset", "leave_one_out", "make_split"]

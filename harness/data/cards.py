@@ -32,10 +32,15 @@ class CardFile:
     licence: str = "unknown"
     derived_from: str | None = None  # how a derived (not downloadable) file was computed
     optional: bool = False
+    # Files whose terms forbid redistribution have no repo: the user gets them from their publisher by hand.
+    source_url: str | None = None
+    source_note: str = ""  # e.g. "GroupLens release, not redistributable"
 
     def source(self) -> str:
         if self.repo:
             return f"github.com/{self.repo} @ {self.commit}, file {self.path}"
+        if self.source_url:
+            return self.source_url + (f" ({self.source_note})" if self.source_note else "")
         return f"derived file ({self.derived_from})"
 
     def url(self, base_url: str = DEFAULT_BASE_URL) -> str | None:
@@ -56,6 +61,7 @@ class Card:
     options: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
     licence: str = ""
+    labels: dict[str, Any] = field(default_factory=dict)  # e.g. {column: rating, threshold: 4}: positive = >= 4
     path: Path | None = None
 
     def file(self, role: str) -> CardFile | None:
@@ -145,6 +151,9 @@ def fetch(card: Card, root: Path, base_url: str = DEFAULT_BASE_URL, timeout: flo
             if card_file.optional:
                 report.append(f"skipped  {card_file.local} (derived, optional)")
                 continue
+            if card_file.source_url:
+                raise DataError(f"{card_file.local} cannot be downloaded by the harness: get it from "
+                                f"{card_file.source()}")
             raise DataError(f"{card_file.local} cannot be downloaded: it is a {card_file.source()}")
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:

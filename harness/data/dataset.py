@@ -1,4 +1,5 @@
-"""Canonical tables every loader produces: interactions (user, item, ts[, rating]) and items (id, text, attrs)."""
+"""Canonical tables every loader produces: interactions (user, item, ts[, rating]), items (id, text, attrs) and,
+where the source has them, users (id, categorical features)."""
 from __future__ import annotations
 
 import hashlib
@@ -15,6 +16,8 @@ class Dataset:
 
     `interactions` is sorted by (user, ts) with ties kept in file order, so each user's rows are their sequence.
     `ts` is a unix time where the source has one, else the position in the user's sequence.
+    `users`, where present, has one row per dense user: `user_id` (raw id), then categorical features
+    (small ints or strings). It is not part of the fingerprint: user features do not change a split.
     """
 
     name: str
@@ -23,6 +26,12 @@ class Dataset:
     user_ids: np.ndarray
     text_fields: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    users: pd.DataFrame | None = None
+
+    @property
+    def has_labels(self) -> bool:
+        """True when every interaction is a labelled exposure (a `rating` column is present)."""
+        return "rating" in self.interactions
 
     @property
     def n_users(self) -> int:
@@ -68,8 +77,13 @@ class Dataset:
 
 def build_dataset(name: str, users: np.ndarray, items: np.ndarray, ts: np.ndarray, item_table: pd.DataFrame,
                   ratings: np.ndarray | None = None, user_ids: np.ndarray | None = None,
-                  text_fields: list[str] | None = None, meta: dict[str, Any] | None = None) -> Dataset:
-    """Canonicalise raw arrays: users/items must already be dense indices; rows sorted stably by (user, ts)."""
+                  text_fields: list[str] | None = None, meta: dict[str, Any] | None = None,
+                  user_table: pd.DataFrame | None = None) -> Dataset:
+    """Canonicalise raw arrays: users/items must already be dense indices; rows sorted stably by (user, ts).
+
+    `user_table` (column `user_id` = raw id, then features) is reordered so that row u describes dense user u;
+    rows of users without interactions are dropped, and a user missing from it is an error.
+    """
     frame = pd.DataFrame({"user": np.asarray(users, dtype=np.int64), "item": np.asarray(items, dtype=np.int64),
                           "ts": np.asarray(ts, dtype=np.int64)})
     if ratings is not None:
@@ -80,8 +94,27 @@ def build_dataset(name: str, users: np.ndarray, items: np.ndarray, ts: np.ndarra
         user_ids = np.arange(n_users).astype(str)
     if "attrs" not in item_table:
         item_table = item_table.assign(attrs=[[] for _ in range(len(item_table))])
+    user_ids = np.asarray(user_ids)
+    if user_table is not None:
+        user_table = _align_users(user_table, user_ids)
     return Dataset(name=name, interactions=frame, items=item_table.reset_index(drop=True),
-                   user_ids=np.asarray(user_ids), text_fields=list(text_fields or []), meta=dict(meta or {}))
+                   user_ids=user_ids, text_fields=list(text_fields or []), meta=dict(meta or {}), users=user_table)
+
+
+def _align_users(user_table: pd.DataFrame, user_ids: np.ndarray) -> pd.DataFrame:
+    # Raw ids are compared as strings: loaders keep `user_ids` as str, files may give ints.
+    if "user_id" not in user_table:
+        raise ValueError("user table has no 'user_id' column")
+    keys = user_table["user_id"].astype(str)
+    if keys.duplicated().any():
+        raise ValueError(f"user table repeats user ids, e.g. {keys[keys.duplicated()].iloc[0]!r}")
+    position = pd.Series(np.arange(len(keys)), index=keys.to_numpy())
+    wanted = pd.Index(np.asarray(user_ids).astype(str))
+    missing = wanted.difference(position.index)
+    if len(missing):
+        raise ValueError(f"user table lacks {len(missing)} users with interactions, e.g. {missing[0]!r}")
+    table = user_table.iloc[position.loc[wanted].to_numpy()].reset_index(drop=True)
+    return table.assign(user_id=wanted.to_numpy())
 
 
 def densify(raw_users: pd.Series, raw_items: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import csv
 import gzip
 import json
 from pathlib import Path
@@ -36,6 +37,8 @@ def load_dataset(card: Card, data_dir: str | Path | None = None, **overrides) ->
     except (ValueError, KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"dataset {card.name!r}: could not parse its files ({type(exc).__name__}: {exc})") from None
     dataset.meta.setdefault("card", card.name)
+    if card.labels and dataset.has_labels:
+        dataset.meta.setdefault("labels", dict(card.labels))
     return dataset
 
 
@@ -138,9 +141,67 @@ def load_movielens_latest(card: Card, paths: dict[str, Path], options: dict) -> 
     table = pd.DataFrame({"item_id": item_ids.astype(str)})
     table["title"] = [info["title"].get(m, "") for m in item_ids]
     table["genres"] = [str(info["genres"].get(m, "")).replace("|", ", ") for m in item_ids]
+    genre_lists = [_split_genres(info["genres"].get(m, "")) for m in item_ids]
+    # Genre ids by sorted name over the whole movies file, so they do not depend on which movies were rated.
+    vocabulary = sorted({g for value in movies["genres"] for g in _split_genres(value)})
+    index = {g: k for k, g in enumerate(vocabulary)}
+    table["attrs"] = [[index[g] for g in genres] for genres in genre_lists]
     return build_dataset(card.name, users, items, ratings["timestamp"].to_numpy(), table,
                          ratings=ratings["rating"].to_numpy(), user_ids=user_ids.astype(str),
                          text_fields=card.text_fields, meta={"ts": "unix"})
+
+
+def _split_genres(value) -> list[str]:
+    if not isinstance(value, str) or value in ("", "(no genres listed)"):
+        return []
+    return value.split("|")
+
+
+# MovieLens 1M's age buckets (under 18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+), applied to 100K's exact ages.
+_AGE_BOUNDS = [18, 25, 35, 45, 50, 56]
+
+
+@loader("movielens-100k")
+def load_movielens_100k(card: Card, paths: dict[str, Path], options: dict) -> Dataset:
+    """GroupLens ml-100k: u.data ratings (unix time), u.item titles + 19 genre flags, u.user demographics.
+
+    Dense ids follow the raw ids in ascending order, so item k is row k of u.item (raw id k + 1).
+    """
+    ratings = pd.read_csv(paths["ratings"], sep="\t", header=None, names=["user", "item", "rating", "ts"],
+                          dtype={"user": np.int64, "item": np.int64, "rating": np.float64, "ts": np.int64})
+    genre_rows = [line.split("|") for line in paths["genres"].read_text(encoding="latin-1").splitlines() if line.strip()]
+    genre_names = [name for name, _ in sorted(genre_rows, key=lambda row: int(row[1]))]
+    movie_cols = ["item", "title", "release", "video_release", "imdb", *(f"g{k}" for k in range(len(genre_names)))]
+    # Titles contain quotes: read every field verbatim.
+    movies = pd.read_csv(paths["movies"], sep="|", header=None, names=movie_cols, encoding="latin-1",
+                         quoting=csv.QUOTE_NONE, keep_default_na=False, dtype=str)
+    movies["item"] = movies["item"].astype(np.int64)
+    movies = movies.sort_values("item", kind="stable").reset_index(drop=True)
+    flags = movies[[f"g{k}" for k in range(len(genre_names))]].astype(np.int64).to_numpy()
+    attrs = [[int(k) for k in np.flatnonzero(row)] for row in flags]
+    table = pd.DataFrame({"item_id": movies["item"].astype(str), "title": movies["title"],
+                          "genres": [", ".join(genre_names[k] for k in row) for row in attrs], "attrs": attrs})
+
+    people = pd.read_csv(paths["users"], sep="|", header=None, names=["user", "age", "gender", "occupation", "zip"],
+                         encoding="latin-1", dtype={"user": np.int64, "age": np.int64, "gender": str,
+                                                    "occupation": str, "zip": str}, keep_default_na=False)
+    occupations = {name: k for k, name in enumerate(sorted(people["occupation"].unique()))}
+    user_table = pd.DataFrame({
+        "user_id": people["user"].astype(str),
+        "age_group": np.searchsorted(_AGE_BOUNDS, people["age"].to_numpy(), side="right").astype(np.int64),
+        "gender": (people["gender"] == "M").astype(np.int64),  # 0 = F, 1 = M
+        "occupation": people["occupation"].map(occupations).astype(np.int64),
+    })
+
+    item_index = pd.Index(movies["item"])
+    items = item_index.get_indexer(ratings["item"])
+    if (items < 0).any():
+        raise ValueError(f"u.data rates {int((items < 0).sum())} movies that u.item does not list")
+    raw_users = np.sort(ratings["user"].unique())
+    users = np.searchsorted(raw_users, ratings["user"].to_numpy())
+    return build_dataset(card.name, users, items, ratings["ts"].to_numpy(), table,
+                         ratings=ratings["rating"].to_numpy(), user_ids=raw_users.astype(str),
+                         text_fields=card.text_fields, meta={"ts": "unix"}, user_table=user_table)
 
 
 def _read_json_lines(path: Path):

@@ -18,10 +18,13 @@ from harness.errors import ConfigError
 DEFAULT_PROTOCOL: dict[str, Any] = {"name": "leave-one-out", "exclude_history": False}
 
 
+PROTOCOLS = ("leave-one-out", "labelled")
+
+
 def resolve_protocol(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     protocol = {**DEFAULT_PROTOCOL, **(overrides or {})}
     if protocol["name"] != "leave-one-out":
-        raise ConfigError(f"unknown protocol {protocol['name']!r}; available: leave-one-out")
+        raise ConfigError(f"unknown protocol {protocol['name']!r}; available: {', '.join(PROTOCOLS)}")
     unknown = set(protocol) - set(DEFAULT_PROTOCOL)
     if unknown:
         raise ConfigError(f"unknown protocol parameter(s) {sorted(unknown)}; known: {sorted(DEFAULT_PROTOCOL)}")
@@ -75,3 +78,12 @@ def leave_one_out(dataset: Dataset, protocol: dict[str, Any] | None = None) -> S
         test=EvalPart(users.copy(), test_hist, np.array(test_targets, dtype=np.int64)),
         counts={"train_interactions": int(sum(len(s) for s in train)), "evaluated_users": len(users)},
     )
+
+
+def make_split(dataset: Dataset, protocol: dict[str, Any] | None = None):
+    """The split a protocol asks for: leave-one-out (default) or the labelled-exposure protocol."""
+    name = (protocol or {}).get("name", DEFAULT_PROTOCOL["name"])
+    if name == "labelled":
+        from harness.data.labelled import labelled_split
+        return labelled_split(dataset, {k: v for k, v in protocol.items()})
+    return leave_one_out(dataset, protocol)

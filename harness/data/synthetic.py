@@ -3,6 +3,11 @@
 Items belong to topics and carry titles drawn from their topic's vocabulary. A user stays in a topic for a while and
 mostly moves to the item that follows the current one in that topic's order (a sequential pattern Pop cannot see),
 otherwise picks a popular item of the topic; now and then the user drifts to another topic.
+
+With `labels=True` every step is an exposure with a rating: users have a hidden affinity per topic (they also
+pick topics by it) and items a hidden quality; besides the topic-following steps a user is now and then shown a
+popular item of another topic. A like (rating 4-5, else 1-3) has probability
+sigmoid(a * affinity[user, topic] + b * quality[item] + c), so likes depend on both the user and the item.
 """
 from __future__ import annotations
 
@@ -20,7 +25,9 @@ def _word(rng: np.random.Generator) -> str:
 
 def generate_synthetic(name: str = "synthetic", n_users: int = 1000, n_items: int = 400, n_topics: int = 8,
                        min_len: int = 6, max_len: int = 30, p_stay: float = 0.85, p_next: float = 0.6,
-                       vocab_per_topic: int = 12, seed: int = 0, text_fields: list[str] | None = None) -> Dataset:
+                       vocab_per_topic: int = 12, seed: int = 0, text_fields: list[str] | None = None,
+                       labels: bool = False, p_explore: float = 0.35, like_affinity: float = 2.0,
+                       like_quality: float = 1.0, like_bias: float = -1.0) -> Dataset:
     rng = np.random.default_rng(seed)
     topic_of = np.arange(n_items) % n_topics
     members = [np.flatnonzero(topic_of == t) for t in range(n_topics)]
@@ -36,28 +43,66 @@ def generate_synthetic(name: str = "synthetic", n_users: int = 1000, n_items: in
                           "categories": [f"topic {t}" for t in topic_of],
                           "attrs": [[int(t)] for t in topic_of]})
 
-    def popular_in(topic: int) -> int:
+    def popular_in(topic: int, gen: np.random.Generator = rng) -> int:
         weights = popularity[members[topic]]
-        return int(rng.choice(members[topic], p=weights / weights.sum()))
+        return int(gen.choice(members[topic], p=weights / weights.sum()))
 
-    users, items, positions = [], [], []
+    # Labels draw from their own stream so that the unlabelled data stays exactly what it was.
+    label_rng = np.random.default_rng([seed, 1]) if labels else None
+    if labels:
+        affinity = label_rng.normal(0.0, 1.0, size=(n_users, n_topics))
+        quality = label_rng.normal(0.0, 1.0, size=n_items)
+        topic_prefs = np.exp(affinity)
+        topic_prefs /= topic_prefs.sum(axis=1, keepdims=True)
+
+    def pick_topic(u: int) -> int:
+        if labels:
+            return int(rng.choice(n_topics, p=topic_prefs[u]))
+        return int(rng.integers(n_topics))
+
+    def rate(u: int, item: int) -> float:
+        logit = like_affinity * affinity[u, topic_of[item]] + like_quality * quality[item] + like_bias
+        if label_rng.random() < 1.0 / (1.0 + np.exp(-logit)):
+            return float(label_rng.choice([4, 5]))
+        return float(label_rng.choice([1, 2, 3], p=[0.3, 0.35, 0.35]))
+
+    users, items, positions, ratings = [], [], [], []
     for u in range(n_users):
         length = int(rng.integers(min_len, max_len + 1))
-        topic = int(rng.integers(n_topics))
+        topic = pick_topic(u)
         current = popular_in(topic)
-        for pos in range(length):
+        pos = 0
+        for _ in range(length):
             users.append(u)
             items.append(current)
             positions.append(pos)
+            pos += 1
+            if labels:
+                ratings.append(rate(u, current))
+                if label_rng.random() < p_explore and n_topics > 1:
+                    other = int(label_rng.choice([t for t in range(n_topics) if t != topic]))
+                    shown = popular_in(other, label_rng)
+                    users.append(u)
+                    items.append(shown)
+                    positions.append(pos)
+                    pos += 1
+                    ratings.append(rate(u, shown))
             if rng.random() > p_stay:
-                topic = int(rng.integers(n_topics))
+                topic = pick_topic(u)
                 current = popular_in(topic)
             elif rng.random() < p_next:
                 group = members[topic]
                 current = int(group[(rank_in_topic[current] + 1) % len(group)])
             else:
                 current = popular_in(topic)
+    generator = {"n_users": n_users, "n_items": n_items, "n_topics": n_topics, "seed": seed}
+    user_table = None
+    if labels:
+        generator["labels"] = True
+        # A weak, coarse hint of the user's taste, as demographics are on real data.
+        user_table = pd.DataFrame({"user_id": np.arange(n_users).astype(str),
+                                   "group": (affinity.argmax(axis=1) % 3).astype(np.int64)})
     return build_dataset(name, np.array(users), np.array(items), np.array(positions), table,
+                         ratings=np.array(ratings) if labels else None,
                          text_fields=text_fields or ["title", "categories"],
-                         meta={"ts": "position", "generator": {"n_users": n_users, "n_items": n_items,
-                                                               "n_topics": n_topics, "seed": seed}})
+                         meta={"ts": "position", "generator": generator}, user_table=user_table)

@@ -1,0 +1,140 @@
+"""The labelled-exposure protocol: every rating is an exposure, label = rating ≥ threshold.
+
+Chronological per user: the last `test_exposures` exposures are the test block, the `valid_exposures` before them the
+validation block, everything earlier is training. A block is judged two ways: ranking AUC over its exposures (real
+positives against real negatives) and full-catalogue retrieval with its positives as targets. What a method may know
+when a block is judged is everything before the block (its history), never a label inside it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.data.dataset import Dataset
+from harness.errors import ConfigError, DataError
+
+LABELLED_DEFAULTS: dict[str, Any] = {
+    "name": "labelled", "threshold": 4.0, "valid_exposures": 5, "test_exposures": 10, "min_train_exposures": 5,
+    # a movie is rated once: items the user was already shown cannot be recommended again
+    "exclude_history": True,
+}
+
+
+def resolve_labelled(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    protocol = {**LABELLED_DEFAULTS, **(overrides or {})}
+    unknown = set(protocol) - set(LABELLED_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"unknown labelled-protocol parameter(s) {sorted(unknown)}; known: {sorted(LABELLED_DEFAULTS)}")
+    for key in ("valid_exposures", "test_exposures", "min_train_exposures"):
+        if int(protocol[key]) < (1 if key != "min_train_exposures" else 0):
+            raise ConfigError(f"labelled protocol: {key} must be a positive count, got {protocol[key]!r}")
+        protocol[key] = int(protocol[key])
+    protocol["threshold"] = float(protocol["threshold"])
+    protocol["exclude_history"] = bool(protocol["exclude_history"])
+    return protocol
+
+
+@dataclass
+class ExposureHistory:
+    """One user's exposures before an evaluated block (chronological): what a labelled-aware method may use."""
+
+    items: np.ndarray
+    ts: np.ndarray
+    ratings: np.ndarray
+    labels: np.ndarray
+
+    def positives(self) -> np.ndarray:
+        return self.items[self.labels == 1]
+
+
+@dataclass
+class LabelledPart:
+    """One evaluated block (validation or test) for the users evaluated in it."""
+
+    users: np.ndarray
+    histories: list[np.ndarray]        # positives before the block: what a sequence model sees
+    exposures: list[ExposureHistory]   # every labelled exposure before the block
+    block_items: list[np.ndarray]      # the block's exposed items ...
+    block_labels: list[np.ndarray]     # ... and their labels (0/1)
+    known: pd.DataFrame = field(repr=False)  # all exposures before the block (every user): features are built from these
+
+    @property
+    def targets(self) -> list[np.ndarray]:
+        """The block's positives: the retrieval targets."""
+        return [items[labels == 1] for items, labels in zip(self.block_items, self.block_labels)]
+
+    def exclude(self) -> list[np.ndarray]:
+        return [h.items for h in self.exposures]
+
+
+@dataclass
+class LabelledSplit:
+    split_id: str
+    protocol: dict[str, Any]
+    train_sequences: list[np.ndarray]  # each user's positive training exposures, chronological
+    train_exposures: pd.DataFrame      # user, item, ts, rating, label (training part only)
+    valid: LabelledPart
+    test: LabelledPart = field(repr=False)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def labelled_frame(dataset: Dataset, threshold: float) -> pd.DataFrame:
+    if not dataset.has_labels:
+        raise DataError(f"dataset {dataset.name!r} has no ratings, so it has no labelled exposures: the labelled "
+                        f"protocol needs a card with a rating column (ml-100k, ml-latest-small, synthetic-labelled)")
+    frame = dataset.interactions[["user", "item", "ts", "rating"]].copy()
+    frame["label"] = (frame["rating"] >= threshold).astype(np.int64)
+    frame["position"] = frame.groupby("user").cumcount()
+    return frame
+
+
+def _part(frame: pd.DataFrame, block: pd.DataFrame, known: pd.DataFrame, users: np.ndarray) -> LabelledPart:
+    known_by_user = {u: g for u, g in known.groupby("user", sort=False)}
+    block_by_user = {u: g for u, g in block.groupby("user", sort=False)}
+    empty = known.iloc[:0]
+    exposures, histories, items, labels = [], [], [], []
+    for user in users:
+        past = known_by_user.get(user, empty)
+        history = ExposureHistory(past["item"].to_numpy(np.int64), past["ts"].to_numpy(np.int64),
+                                  past["rating"].to_numpy(np.float64), past["label"].to_numpy(np.int64))
+        exposures.append(history)
+        histories.append(history.positives())
+        rows = block_by_user[user]
+        items.append(rows["item"].to_numpy(np.int64))
+        labels.append(rows["label"].to_numpy(np.int64))
+    return LabelledPart(users, histories, exposures, items, labels, known.reset_index(drop=True))
+
+
+def labelled_split(dataset: Dataset, protocol: dict[str, Any] | None = None) -> LabelledSplit:
+    """Users with fewer than valid + test + min_train exposures keep them all for training and are not evaluated."""
+    from harness.data.split import compute_split_id
+    protocol = resolve_labelled(protocol)
+    frame = labelled_frame(dataset, protocol["threshold"])
+    n_valid, n_test = protocol["valid_exposures"], protocol["test_exposures"]
+    lengths = frame.groupby("user")["item"].transform("size")
+    evaluated = lengths >= n_valid + n_test + protocol["min_train_exposures"]
+    from_end = lengths - frame["position"]  # 1 = the user's last exposure
+    is_test = evaluated & (from_end <= n_test)
+    is_valid = evaluated & (from_end > n_test) & (from_end <= n_test + n_valid)
+    train = frame[~is_test & ~is_valid]
+    valid_block, test_block = frame[is_valid], frame[is_test]
+    users = np.unique(frame.loc[evaluated, "user"].to_numpy(np.int64))
+    positives = train[train["label"] == 1]
+    bounds = positives.groupby("user")["item"].apply(lambda s: s.to_numpy(np.int64))
+    train_sequences = [bounds.get(u, np.zeros(0, dtype=np.int64)) for u in range(dataset.n_users)]
+    columns = ["user", "item", "ts", "rating", "label"]
+    train = train[columns].reset_index(drop=True)
+    before_test = frame[~is_test][columns].reset_index(drop=True)
+    return LabelledSplit(
+        split_id=compute_split_id(dataset, protocol),
+        protocol=protocol,
+        train_sequences=train_sequences,
+        train_exposures=train,
+        valid=_part(frame, valid_block, train, users),
+        test=_part(frame, test_block, before_test, users),
+        counts={"train_exposures": len(train), "train_positives": len(positives), "evaluated_users": len(users),
+                "test_exposures": len(test_block), "test_positives": int(test_block["label"].sum())},
+    )

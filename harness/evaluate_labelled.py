@@ -1,0 +1,166 @@
+"""Evaluation on the labelled-exposure protocol: ranking AUC over real exposures beside full-catalogue retrieval.
+
+- AUC: every exposure of the block, pooled, scored by the method's `score` (plugins with a second scorer, e.g. DIG's
+  retrieval path, list it in `auc_scorers()`); ties count half (the Mann-Whitney statistic, as scikit-learn).
+- gAUC: the mean over users with both a positive and a negative in the block of the user's own AUC (unweighted).
+- log-loss: only for methods whose scores are probabilities (`probability_scores = True`).
+- Retrieval: the block's positives are the targets; Recall@k = targets in the top k / targets, NDCG@k with the ideal
+  DCG of min(k, targets) hits. Ranks follow the leave-one-out rules (pessimistic ties, cleaned top-k lists), and the
+  user's earlier exposures are excluded when the protocol says so. Users without a positive in the block have no
+  retrieval value (NaN in their per-user arrays) but still count for AUC.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+from tqdm import tqdm
+
+from harness.data.labelled import LabelledPart
+from harness.evaluate import EvalResult, EvaluationError, _alternative_rankings, ranks_from_scores, ranks_from_topk
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney with average ranks for ties); NaN without both classes."""
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(np.asarray(scores, dtype=np.float64))
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -> float:
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def auc_scorers(method) -> dict[str, Callable]:
+    """'' → the method's `score`; plugins may add named scorers (`auc_scorers()` → {name: callable}). A scorer with
+    the attribute `pairs = True` takes (histories, items per user) and returns one score array per user."""
+    custom = getattr(method, "auc_scorers", None)
+    if callable(custom):
+        return dict(custom())
+    return {"": method.score} if method.has_score() else {}
+
+
+def _call_kwargs(method, part: LabelledPart, rows: slice) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if getattr(method, "uses_user_ids", False):
+        kwargs["users"] = np.asarray(part.users[rows])
+    if getattr(method, "uses_exposures", False):
+        kwargs["exposures"] = part.exposures[rows]
+    return kwargs
+
+
+def exposure_scores(scorer: Callable, method, part: LabelledPart, batch_size: int = 128) -> list[np.ndarray]:
+    """Each user's scores for the exposed items of the block, asking the scorer for the batch's union of items."""
+    out: list[np.ndarray] = []
+    for start in range(0, len(part.users), batch_size):
+        rows = slice(start, start + batch_size)
+        block = part.block_items[rows]
+        if getattr(scorer, "pairs", False):  # scores exactly the (user, item) pairs asked for
+            scores = scorer(list(part.histories[rows]), list(block), **_call_kwargs(method, part, rows))
+            if any(np.isnan(s).any() for s in scores):
+                raise EvaluationError("method returned NaN scores")
+            out.extend(np.asarray(s, dtype=np.float64) for s in scores)
+            continue
+        union, inverse = np.unique(np.concatenate(block), return_inverse=True)
+        scores = scorer(list(part.histories[rows]), torch.as_tensor(union), **_call_kwargs(method, part, rows))
+        scores = scores.detach().cpu().double().numpy()
+        if scores.shape != (len(block), len(union)):
+            raise EvaluationError(f"score(items=...) returned shape {scores.shape}, expected {(len(block), len(union))}")
+        if np.isnan(scores).any():
+            raise EvaluationError("method returned NaN scores")
+        offset = 0
+        for row, items in enumerate(block):
+            out.append(scores[row, inverse[offset:offset + len(items)]])
+            offset += len(items)
+    return out
+
+
+def _retrieval_ranks(method, part: LabelledPart, n_items: int, k_max: int, mode: str, exclude_history: bool,
+                     batch_size: int) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
+    """Per user, the rank of each target (inf = missed); also per alternative ranking the method offers."""
+    per_user: list[np.ndarray] = []
+    alternatives: dict[str, list[np.ndarray]] = {}
+    targets = part.targets
+    excluded = part.exclude() if exclude_history else None
+    for start in tqdm(range(0, len(part.users), batch_size), desc="retrieve", leave=False, disable=None):
+        rows = slice(start, start + batch_size)
+        hist, tgt = list(part.histories[rows]), targets[rows]
+        # one row per (user, target): the leave-one-out rank functions then apply unchanged
+        owner = np.repeat(np.arange(len(tgt)), [len(t) for t in tgt])
+        flat = torch.as_tensor(np.concatenate(tgt) if len(owner) else np.zeros(0, dtype=np.int64))
+        exclude = [excluded[start + i] for i in owner] if excluded is not None else None
+        kwargs = _call_kwargs(method, part, rows)
+        if mode == "score":
+            scores = method.score(hist, None, **kwargs).detach().cpu()
+            if scores.shape != (len(hist), n_items):
+                raise EvaluationError(f"score() returned shape {tuple(scores.shape)}, expected [{len(hist)}, {n_items}]")
+            ranks = ranks_from_scores(scores[owner], flat, exclude).numpy() if len(owner) else np.zeros(0)
+            alt = {}
+        else:
+            extra = max((len(e) for e in (excluded[rows] if excluded is not None else [])), default=0)
+            top = method.recommend(hist, min(n_items, k_max + extra), **kwargs)
+            items, top_scores = top.items.detach().cpu(), top.scores.detach().cpu()
+            ranks = ranks_from_topk(items[owner], top_scores[owner], flat, n_items, exclude)[0].numpy() \
+                if len(owner) else np.zeros(0)
+            alt = {name: ranks_from_topk(i[owner], s[owner], flat, n_items, exclude)[0].numpy()
+                   for name, (i, s) in _alternative_rankings(top).items()} if len(owner) else {}
+        bounds = np.cumsum([0] + [len(t) for t in tgt])
+        per_user.extend(ranks[bounds[i]:bounds[i + 1]] for i in range(len(tgt)))
+        for name, values in alt.items():
+            alternatives.setdefault(name, []).extend(values[bounds[i]:bounds[i + 1]] for i in range(len(tgt)))
+    return per_user, alternatives
+
+
+def retrieval_metrics(target_ranks: Sequence[np.ndarray], ks: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per-user Recall@k and NDCG@k from the ranks of each user's targets (NaN for a user without targets)."""
+    out = {f"{m}@{k}": np.full(len(target_ranks), np.nan) for k in ks for m in ("recall", "ndcg")}
+    for row, ranks in enumerate(target_ranks):
+        if len(ranks) == 0:
+            continue
+        for k in ks:
+            hit = ranks < k
+            out[f"recall@{k}"][row] = hit.mean()
+            ideal = (1.0 / np.log2(np.arange(min(k, len(ranks))) + 2.0)).sum()
+            out[f"ndcg@{k}"][row] = (1.0 / np.log2(ranks[hit] + 2.0)).sum() / ideal
+    return out
+
+
+def evaluate_labelled(method, part: LabelledPart, n_items: int, ks: Sequence[int], exclude_history: bool = True,
+                      mode: str = "auto", batch_size: int = 256, with_retrieval: bool = True) -> EvalResult:
+    if mode == "auto":
+        mode = "score" if method.has_score() and not getattr(method, "retrieves_by_recommend", False) else "topk"
+    per_user: dict[str, np.ndarray] = {}
+    metrics: dict[str, float] = {}
+    diagnostics: dict[str, Any] = {}
+    labels = part.block_labels
+    flat_labels = np.concatenate(labels) if labels else np.zeros(0)
+    with torch.no_grad():
+        for name, scorer in auc_scorers(method).items():
+            prefix = f"{name}_" if name else ""
+            scores = exposure_scores(scorer, method, part)
+            metrics[prefix + "auc"] = auc(flat_labels, np.concatenate(scores))
+            per_user[prefix + "auc"] = np.array([auc(y, s) for y, s in zip(labels, scores)])
+            metrics[prefix + "gauc"] = float(np.nanmean(per_user[prefix + "auc"]))
+            if getattr(method, "probability_scores", False):
+                metrics[prefix + "logloss"] = log_loss(flat_labels, np.concatenate(scores))
+        if with_retrieval:
+            ranks, alternatives = _retrieval_ranks(method, part, n_items, max(ks), mode, exclude_history, batch_size)
+            retrieval = retrieval_metrics(ranks, ks)
+            per_user.update(retrieval)
+            metrics.update({name: float(np.nanmean(values)) for name, values in retrieval.items()})
+            for name, alt_ranks in alternatives.items():
+                for metric, values in retrieval_metrics(alt_ranks, ks).items():
+                    diagnostics[f"{name}_ranked/{metric}"] = float(np.nanmean(values))
+    if "auc" in metrics and "recall_auc" in metrics:  # DIG's Table 4: how far the retrieval path lags the ranker
+        diagnostics["auc_gap"] = metrics["recall_auc"] - metrics["auc"]
+    diagnostics["users_with_positives"] = int(sum(len(t) > 0 for t in part.targets))
+    diagnostics["exposures"] = int(len(flat_labels))
+    diagnostics["positive_rate"] = float(flat_labels.mean()) if len(flat_labels) else float("nan")
+    return EvalResult(per_user=per_user, metrics=metrics, diagnostics=diagnostics, mode=mode)

@@ -1,0 +1,135 @@
+"""The labelled-exposure protocol: its split, prefix cross features, AUC/gAUC/log-loss and multi-target retrieval."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from harness.cli import main
+from harness.data import load, make_split
+from harness.data.labelled import labelled_split
+from harness.errors import DataError
+from harness.evaluate_labelled import auc, log_loss, retrieval_metrics
+from harness.features.cross import AFTER_ALL, CROSS_FEATURES, candidate_queries, cross_features
+from harness.protocol import RunSpec, run
+from harness.results import load_results
+
+SMALL = {"n_users": 200, "n_items": 120}
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    return load("synthetic-labelled", **SMALL)
+
+
+def test_split_is_chronological_with_blocks_of_the_asked_sizes(labelled):
+    split = labelled_split(labelled, {"valid_exposures": 3, "test_exposures": 4})
+    frame = labelled.interactions
+    for row, user in enumerate(split.test.users[:20]):
+        rows = frame[frame.user == user]
+        assert list(split.test.block_items[row]) == list(rows.item.to_numpy()[-4:])
+        assert list(split.valid.block_items[row]) == list(rows.item.to_numpy()[-7:-4])
+        assert np.array_equal(split.test.block_labels[row], (rows.rating.to_numpy()[-4:] >= 4).astype(int))
+        # what a method knows when the test block is judged: every exposure before it, never one inside it
+        assert len(split.test.exposures[row].items) == len(rows) - 4
+        assert split.test.exposures[row].ts.max() <= rows.ts.to_numpy()[-4]
+        assert len(split.valid.exposures[row].items) == len(rows) - 7
+    train = split.train_exposures
+    assert split.split_id != make_split(labelled).split_id  # its own split_id
+    assert labelled_split(labelled, {"threshold": 3}).split_id != split.split_id
+    # sequences for sequence models are the training positives
+    user = split.test.users[0]
+    assert (train[(train.user == user)].label.to_numpy() == 1).sum() == len(split.train_sequences[user])
+
+
+def test_labelled_protocol_on_data_without_labels_is_one_clear_error(tmp_path, capsys):
+    with pytest.raises(DataError, match="no ratings"):
+        labelled_split(load("synthetic", n_users=50, n_items=40))
+    code = main(["run", "--method", "pop", "--dataset", "synthetic", "--protocol", "labelled",
+                 "--runs-dir", str(tmp_path / "runs"), "--store", f"sqlite:///{tmp_path}/h.db"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no ratings" in err and err.count("\n") <= 2
+
+
+def _brute_force(known: pd.DataFrame, query: tuple[int, int, int], attrs) -> np.ndarray:
+    """The features of one query row, by their definition, one exposure at a time."""
+    user, item, ts = query
+    prior_l, prior_r = known.label.mean(), known.rating.mean()
+
+    def stats(rows):
+        n = len(rows)
+        return [np.log1p(n), (rows.label.sum() + 2 * prior_l) / (n + 2), (rows.rating.sum() + 2 * prior_r) / (n + 2) - prior_r]
+    before = known[known.ts < ts]
+    mine = before[before.user == user]
+    cats = [stats(mine[np.array([c in attrs[i] for i in mine.item], dtype=bool)]) for c in attrs[item]]
+    by_cat = np.mean(cats, axis=0) if cats else [0.0, prior_l, 0.0]
+    return np.r_[stats(mine), by_cat, stats(before[before.item == item])[:2]]
+
+
+def test_cross_features_match_their_definition_and_ignore_the_future():
+    rng = np.random.default_rng(0)
+    n = 300
+    known = pd.DataFrame({"user": rng.integers(0, 6, n), "item": rng.integers(0, 15, n), "ts": rng.integers(0, 40, n),
+                          "rating": rng.integers(1, 6, n).astype(float)})
+    known["label"] = (known.rating >= 4).astype(int)
+    attrs = [list(rng.choice(4, size=rng.integers(0, 3), replace=False)) for _ in range(15)]
+    features = cross_features(known, known, attrs)
+    assert features.shape == (n, len(CROSS_FEATURES))
+    for row in range(0, n, 17):
+        q = known.iloc[row]
+        query = (int(q["user"]), int(q["item"]), int(q["ts"]))
+        np.testing.assert_allclose(features[row], _brute_force(known, query, attrs), rtol=1e-5,
+                                   atol=1e-6)
+    # shuffling everything after t (items, labels, ratings) leaves every feature at or before t unchanged
+    t = 20
+    after = known.ts > t
+    shuffled = known.copy()
+    for column in ("item", "rating", "label", "user"):
+        shuffled.loc[after, column] = rng.permutation(shuffled.loc[after, column].to_numpy())
+    again = cross_features(shuffled, known, attrs)
+    np.testing.assert_array_equal(again[~after.to_numpy()], features[~after.to_numpy()])
+    assert not np.array_equal(again[after.to_numpy()], features[after.to_numpy()])
+    # inference queries see everything known
+    q = cross_features(known, candidate_queries([2], [3]), attrs)[0]
+    np.testing.assert_allclose(q, _brute_force(known, (2, 3, AFTER_ALL), attrs), rtol=1e-5, atol=1e-6)
+
+
+def test_auc_gauc_logloss_agree_with_scikit_learn():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 500)
+    scores = np.round(rng.normal(labels * 0.7, 1.0), 1)  # rounded: many ties
+    assert auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert np.isnan(auc(np.ones(5), np.arange(5)))
+    probabilities = 1 / (1 + np.exp(-scores))
+    from sklearn.metrics import log_loss as sk_log_loss
+    assert log_loss(labels, probabilities) == pytest.approx(sk_log_loss(labels, probabilities), rel=1e-9)
+
+
+def test_multi_target_retrieval_metrics_by_hand():
+    ranks = [np.array([0.0, 3.0, np.inf]), np.array([]), np.array([1.0])]
+    m = retrieval_metrics(ranks, [2, 5])
+    assert m["recall@2"][0] == pytest.approx(1 / 3) and m["recall@5"][0] == pytest.approx(2 / 3)
+    assert np.isnan(m["recall@5"][1])
+    assert m["ndcg@5"][0] == pytest.approx((1 + 1 / np.log2(5)) / (1 + 1 / np.log2(3) + 0.5))
+    assert m["ndcg@2"][2] == pytest.approx(1 / np.log2(3))
+
+
+def test_every_score_method_gets_auc_on_the_labelled_protocol(store):
+    records = {}
+    for method in ("pop", "sasrec"):
+        spec = RunSpec(method=method, dataset="synthetic-labelled", dataset_options=dict(SMALL),
+                       protocol={"name": "labelled"}, max_epochs=3, latency_users=5, track="labelled-test")
+        records[method] = run(spec, store)
+        assert records[method]["status"] == "ok", records[method]["failure"]
+    for record in records.values():
+        test = record["metrics"]["test"]
+        assert 0.0 <= test["auc"] <= 1.0 and 0.0 <= test["gauc"] <= 1.0 and "recall@10" in test
+        assert "logloss" not in test  # these scores are not probabilities
+        assert record["protocol"]["name"] == "labelled"
+    assert records["pop"]["split_id"] == records["sasrec"]["split_id"]
+    results = load_results(track="labelled-test", dataset="synthetic-labelled", store=store, published=False)
+    per_user = results.per_user(results.records[0])
+    assert {"auc", "recall@10"} <= set(per_user)
+    assert len(per_user["auc"]) == records["pop"]["eval"]["users"]
