@@ -148,6 +148,30 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--store", default=None)
     tune.add_argument("--runs-dir", default=None)
 
+    ablate = sub.add_parser("ablate", help="run a method and its declared ablation variants over seeds on one split, "
+                            "then print the paper-shaped tables with paired tests",
+                            description="Variants and tables come from the plugin's YAML (`ablations:`); seeds "
+                            "that already have records are reused, so a second call only prints.")
+    ablate.add_argument("--method", required=True)
+    ablate.add_argument("--dataset", required=True)
+    ablate.add_argument("--track", default=None, help="run under a track's pins (protocol, budget, sizes, seeds)")
+    ablate.add_argument("--protocol", default=None, choices=["leave-one-out", "labelled"])
+    ablate.add_argument("--protocol-set", dest="protocol_overrides", action="append", default=[], metavar="KEY=VALUE")
+    ablate.add_argument("--seeds", default=None, help="a count or a list (default: the track's seeds, else 3)")
+    ablate.add_argument("--jobs", type=int, default=None, help="parallel processes per variant")
+    ablate.add_argument("--budget", default=None)
+    ablate.add_argument("--epochs", type=int, default=None)
+    ablate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="applied to every variant")
+    ablate.add_argument("--data-set", dest="data_overrides", action="append", default=[], metavar="KEY=VALUE")
+    ablate.add_argument("--variants", default=None, help="comma-separated subset of the variants to run")
+    ablate.add_argument("--force", action="store_true", help="rerun seeds that already have records")
+    ablate.add_argument("--format", default="md", choices=["md", "plain", "latex", "csv", "json"])
+    ablate.add_argument("--device", default=None)
+    ablate.add_argument("--data-dir", default=None)
+    ablate.add_argument("--store", default=None)
+    ablate.add_argument("--runs-dir", default=None)
+
     plugin_cli.add_commands(sub)  # new-method, validate-plugin, submit, reproduce
     return parser
 
@@ -259,6 +283,34 @@ def _primary(args: argparse.Namespace) -> tuple[str, list[int]]:
         track = load_track(args.track)
         return track.primary_metric, list(track.ks)
     return "ndcg@10", [5, 10, 20, 50]
+
+
+def cmd_ablate(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from harness import registry
+    from harness.ablations import ablation_tables, run_ablations
+    from harness.multiseed import parse_seeds
+    from harness.store import RunStore
+    from harness.tables import render
+    from harness.tracks import load_track
+
+    track = load_track(args.track) if args.track else None
+    seeds = parse_seeds(args.seeds) if args.seeds else list(range(track.seeds if track else 3))
+    store = RunStore(args.store, args.runs_dir)
+    spec = make_spec(args, args.dataset, argv)
+    only = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    records = run_ablations(spec, seeds, store, args.jobs, args.force, only)
+    failed = {name: [r["seed"] for r in recs if r["status"] != "ok"] for name, recs in records.items()}
+    records = {name: [r for r in recs if r["status"] == "ok"] for name, recs in records.items()}
+    split_ids = {r["split_id"] for recs in records.values() for r in recs}
+    print(f"{args.method} on {args.dataset}: split {', '.join(sorted(s[:12] for s in split_ids))}, seeds {seeds}")
+    for name, bad in failed.items():
+        if bad:
+            print(f"note: {name}: seeds {bad} did not finish ok (see their records)")
+    for title, rows in ablation_tables(registry.get(args.method), records,
+                                       lambda r: store.per_user(r["run_id"]).get("test")):
+        print(f"\n{title}\n")
+        print(render(rows, args.format))
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -479,6 +531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_export(args)
         if args.command == "tune":
             return cmd_tune(args, argv)
+        if args.command == "ablate":
+            return cmd_ablate(args, argv)
         if args.command in plugin_cli.COMMANDS:
             return plugin_cli.dispatch(args, argv)
         if args.command == "sids":

@@ -25,7 +25,7 @@ _BUILTINS: dict[str, type] = {}
 
 
 def attach_yaml(cls: type) -> type:
-    """Read `<module>.yaml` beside a plugin module: its `config` and `search_space` sections."""
+    """Read `<module>.yaml` beside a plugin module: `config`, `search_space`, `recipes` and `ablations`."""
     module_file = inspect.getsourcefile(cls)
     if module_file:
         path = Path(module_file).with_suffix(".yaml")
@@ -37,6 +37,8 @@ def attach_yaml(cls: type) -> type:
                 cls.search_space = dict(spec.get("search_space") or {})
             if not cls.__dict__.get("recipes"):
                 cls.recipes = dict(spec.get("recipes") or {})
+            if not cls.__dict__.get("ablations"):
+                cls.ablations = dict(spec.get("ablations") or {})
     return cls
 
 

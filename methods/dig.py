@@ -126,13 +126,16 @@ class DIG(Method):
 
     def _training_rows(self, train: TrainView, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Real exposures (rank + recall) and sampled items labelled 0 (recall only), each with its history
-        window (the user's exposures strictly before it) and its prefix cross features."""
+        window (the user's real exposures strictly before it) and its prefix cross features."""
         ex = train.exposures.reset_index(drop=True)
         users, ts = ex["user"].to_numpy(), ex["ts"].to_numpy()
-        start = np.searchsorted(users, np.arange(train.n_users))
-        position = np.arange(len(ex)) - start[users]
-        same_ts = ex.groupby(["user", "ts"]).cumcount().to_numpy()
-        n_before = position - same_ts  # exposures with an equal timestamp are not "before"
+        # history windows index the real exposures only (protocol-sampled negatives were never shown), ordered by
+        # (user, ts): a row's window ends before the first exposure of its user at or after its time
+        real = ex[~ex["sampled"].to_numpy(bool)] if "sampled" in ex else ex
+        real_keys = (real["user"].to_numpy(np.int64) << 32) + real["ts"].to_numpy(np.int64)
+        row_keys = (users.astype(np.int64) << 32) + ts.astype(np.int64)
+        hist_end = np.searchsorted(real_keys, row_keys, side="left")
+        hist_start = np.searchsorted(real_keys, users.astype(np.int64) << 32, side="left")
         positives = np.flatnonzero(ex["label"].to_numpy() == 1)
         k = int(self.config["recall_negatives"])
         neg_source = np.repeat(positives, k)
@@ -142,12 +145,11 @@ class DIG(Method):
                                 "ts": np.r_[ts, ts[neg_source]]})
         cross = cross_features(ex, queries, self.item_attrs)
         source = np.r_[np.arange(len(ex)), neg_source]
+        exposure = np.r_[np.ones(len(ex), bool), np.zeros(len(neg_source), bool)]
         return {"user": queries["user"].to_numpy(), "item": queries["item"].to_numpy(),
                 "label": np.r_[ex["label"].to_numpy(), np.zeros(len(neg_source), dtype=np.int64)],
-                "exposure": np.r_[np.ones(len(ex), bool), np.zeros(len(neg_source), bool)],
-                "cross": cross, "hist_end": start[users[source]] + n_before[source],
-                "hist_start": start[users[source]],
-                "flat_items": ex["item"].to_numpy(), "flat_labels": ex["label"].to_numpy()}
+                "exposure": exposure, "cross": cross, "hist_end": hist_end[source], "hist_start": hist_start[source],
+                "flat_items": real["item"].to_numpy(), "flat_labels": real["label"].to_numpy()}
 
     def _windows(self, ends: np.ndarray, starts: np.ndarray, flat_items: np.ndarray, flat_labels: np.ndarray):
         T = int(self.config["max_history"])

@@ -133,3 +133,26 @@ def test_every_score_method_gets_auc_on_the_labelled_protocol(store):
     per_user = results.per_user(results.records[0])
     assert {"auc", "recall@10"} <= set(per_user)
     assert len(per_user["auc"]) == records["pop"]["eval"]["users"]
+
+
+def test_sampled_negatives_are_labelled_as_sampled_and_never_presented_as_exposures(store):
+    data = load("synthetic", n_users=80, n_items=60)
+    split = labelled_split(data, {"negatives": "sampled", "sampled_per_positive": 2})
+    assert split.protocol["negatives"] == "sampled" and split.counts["sampled_negatives"] > 0
+    frame = data.interactions
+    for row, user in enumerate(split.test.users[:10]):
+        mine = set(frame[frame.user == user].item)
+        labels, items = split.test.block_labels[row], split.test.block_items[row]
+        assert (labels == 0).sum() == 2 * (labels == 1).sum()  # every interaction is a positive
+        assert not set(items[labels == 0]) & mine  # drawn among items the user never interacted with
+        history = split.test.exposures[row]
+        assert set(history.items) <= mine and (history.labels == 1).all()  # never presented as exposures
+    train = split.train_exposures
+    assert train.sampled.any()
+    attrs = list(data.items["attrs"])
+    np.testing.assert_array_equal(cross_features(train, train, attrs),
+                                  cross_features(train[~train.sampled], train, attrs))
+    record = run(RunSpec(method="pop", dataset="synthetic", dataset_options={"n_users": 80, "n_items": 60},
+                         protocol={"name": "labelled", "negatives": "sampled"}, latency_users=5), store)
+    assert record["status"] == "ok" and record["protocol"]["negatives"] == "sampled"
+    assert 0.5 < record["metrics"]["test"]["auc"] <= 1.0  # popular positives against uniform draws

@@ -20,6 +20,10 @@ LABELLED_DEFAULTS: dict[str, Any] = {
     "name": "labelled", "threshold": 4.0, "valid_exposures": 5, "test_exposures": 10, "min_train_exposures": 5,
     # a movie is rated once: items the user was already shown cannot be recommended again
     "exclude_history": True,
+    # "exposures": real labelled exposures only (needs ratings). "sampled": every interaction is a positive and
+    # gets `sampled_per_positive` items the user never interacted with, labelled 0 and flagged `sampled`: they are
+    # scored for AUC but never presented as exposures (not in histories, not counted by cross features).
+    "negatives": "exposures", "sampled_per_positive": 1, "sample_seed": 0,
 }
 
 
@@ -34,6 +38,10 @@ def resolve_labelled(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         protocol[key] = int(protocol[key])
     protocol["threshold"] = float(protocol["threshold"])
     protocol["exclude_history"] = bool(protocol["exclude_history"])
+    if protocol["negatives"] not in ("exposures", "sampled"):
+        raise ConfigError(f"labelled protocol: negatives must be 'exposures' or 'sampled', got {protocol['negatives']!r}")
+    protocol["sampled_per_positive"] = int(protocol["sampled_per_positive"])
+    protocol["sample_seed"] = int(protocol["sample_seed"])
     return protocol
 
 
@@ -50,6 +58,10 @@ class ExposureHistory:
         return self.items[self.labels == 1]
 
 
+def _exposures_only(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[~frame["sampled"]] if "sampled" in frame else frame
+
+
 @dataclass
 class LabelledPart:
     """One evaluated block (validation or test) for the users evaluated in it."""
@@ -59,7 +71,7 @@ class LabelledPart:
     exposures: list[ExposureHistory]   # every labelled exposure before the block
     block_items: list[np.ndarray]      # the block's exposed items ...
     block_labels: list[np.ndarray]     # ... and their labels (0/1)
-    known: pd.DataFrame = field(repr=False)  # all exposures before the block (every user): features are built from these
+    known: pd.DataFrame = field(repr=False)  # all rows before the block (every user; sampled ones flagged)
 
     @property
     def targets(self) -> list[np.ndarray]:
@@ -81,18 +93,50 @@ class LabelledSplit:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def labelled_frame(dataset: Dataset, threshold: float) -> pd.DataFrame:
-    if not dataset.has_labels:
+def labelled_frame(dataset: Dataset, protocol: dict[str, Any]) -> pd.DataFrame:
+    if dataset.has_labels:
+        frame = dataset.interactions[["user", "item", "ts", "rating"]].copy()
+        frame["label"] = (frame["rating"] >= protocol["threshold"]).astype(np.int64)
+    elif protocol["negatives"] == "sampled":
+        frame = dataset.interactions[["user", "item", "ts"]].copy()
+        frame["rating"], frame["label"] = np.nan, 1
+    else:
         raise DataError(f"dataset {dataset.name!r} has no ratings, so it has no labelled exposures: the labelled "
-                        f"protocol needs a card with a rating column (ml-100k, ml-latest-small, synthetic-labelled)")
-    frame = dataset.interactions[["user", "item", "ts", "rating"]].copy()
-    frame["label"] = (frame["rating"] >= threshold).astype(np.int64)
+                        f"protocol needs a card with a rating column (ml-100k, ml-latest-small, synthetic-labelled), "
+                        f"or sampled negatives (--protocol-set negatives=sampled), which the record then states")
+    frame["sampled"] = False
     frame["position"] = frame.groupby("user").cumcount()
     return frame
 
 
+def sample_negatives(frame: pd.DataFrame, n_items: int, per_positive: int, seed: int) -> pd.DataFrame:
+    """For each positive row, `per_positive` items its user never interacted with, at the positive's time and in
+    its block, labelled 0 and flagged `sampled`."""
+    rng = np.random.default_rng(seed)
+    seen = frame.groupby("user")["item"].apply(lambda s: set(s.tolist()))
+    positives = frame[frame["label"] == 1]
+    rows = []
+    for user, group in positives.groupby("user", sort=True):
+        taken = seen[user]
+        if len(taken) >= n_items:
+            continue
+        need = len(group) * per_positive
+        draws = []
+        while len(draws) < need:  # rejection sampling: the catalogue is much larger than any user's history
+            candidates = rng.integers(0, n_items, size=2 * need + 8)
+            draws.extend(int(c) for c in candidates if c not in taken)
+        out = group.loc[group.index.repeat(per_positive)].copy()
+        out["item"] = np.asarray(draws[:need], dtype=np.int64)
+        rows.append(out)
+    if not rows:
+        return frame.iloc[:0]
+    sampled = pd.concat(rows)
+    sampled["rating"], sampled["label"], sampled["sampled"] = np.nan, 0, True
+    return sampled
+
+
 def _part(frame: pd.DataFrame, block: pd.DataFrame, known: pd.DataFrame, users: np.ndarray) -> LabelledPart:
-    known_by_user = {u: g for u, g in known.groupby("user", sort=False)}
+    known_by_user = {u: g for u, g in _exposures_only(known).groupby("user", sort=False)}
     block_by_user = {u: g for u, g in block.groupby("user", sort=False)}
     empty = known.iloc[:0]
     exposures, histories, items, labels = [], [], [], []
@@ -112,22 +156,27 @@ def labelled_split(dataset: Dataset, protocol: dict[str, Any] | None = None) -> 
     """Users with fewer than valid + test + min_train exposures keep them all for training and are not evaluated."""
     from harness.data.split import compute_split_id
     protocol = resolve_labelled(protocol)
-    frame = labelled_frame(dataset, protocol["threshold"])
+    frame = labelled_frame(dataset, protocol)
     n_valid, n_test = protocol["valid_exposures"], protocol["test_exposures"]
     lengths = frame.groupby("user")["item"].transform("size")
     evaluated = lengths >= n_valid + n_test + protocol["min_train_exposures"]
     from_end = lengths - frame["position"]  # 1 = the user's last exposure
     is_test = evaluated & (from_end <= n_test)
     is_valid = evaluated & (from_end > n_test) & (from_end <= n_test + n_valid)
-    train = frame[~is_test & ~is_valid]
-    valid_block, test_block = frame[is_valid], frame[is_test]
-    users = np.unique(frame.loc[evaluated, "user"].to_numpy(np.int64))
-    positives = train[train["label"] == 1]
+    frame["block"] = np.where(is_test, "test", np.where(is_valid, "valid", "train"))
+    if protocol["negatives"] == "sampled":
+        frame = pd.concat([frame, sample_negatives(frame, dataset.n_items, protocol["sampled_per_positive"],
+                                                   protocol["sample_seed"])])
+        frame = frame.sort_values(["user", "ts", "sampled"], kind="stable").reset_index(drop=True)
+    train = frame[frame["block"] == "train"]
+    valid_block, test_block = frame[frame["block"] == "valid"], frame[frame["block"] == "test"]
+    users = np.unique(frame.loc[frame["block"] != "train", "user"].to_numpy(np.int64))
+    positives = train[(train["label"] == 1) & ~train["sampled"]]
     bounds = positives.groupby("user")["item"].apply(lambda s: s.to_numpy(np.int64))
     train_sequences = [bounds.get(u, np.zeros(0, dtype=np.int64)) for u in range(dataset.n_users)]
-    columns = ["user", "item", "ts", "rating", "label"]
+    columns = ["user", "item", "ts", "rating", "label", "sampled"]
     train = train[columns].reset_index(drop=True)
-    before_test = frame[~is_test][columns].reset_index(drop=True)
+    before_test = frame[frame["block"] != "test"][columns].reset_index(drop=True)
     return LabelledSplit(
         split_id=compute_split_id(dataset, protocol),
         protocol=protocol,
@@ -135,6 +184,7 @@ def labelled_split(dataset: Dataset, protocol: dict[str, Any] | None = None) -> 
         train_exposures=train,
         valid=_part(frame, valid_block, train, users),
         test=_part(frame, test_block, before_test, users),
-        counts={"train_exposures": len(train), "train_positives": len(positives), "evaluated_users": len(users),
-                "test_exposures": len(test_block), "test_positives": int(test_block["label"].sum())},
+        counts={"train_exposures": int((~train["sampled"]).sum()), "train_positives": len(positives),
+                "evaluated_users": len(users), "test_exposures": len(test_block),
+                "test_positives": int(test_block["label"].sum()), "sampled_negatives": int(frame["sampled"].sum())},
     )

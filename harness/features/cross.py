@@ -32,8 +32,14 @@ def _before(keys: pd.DataFrame, weights: pd.DataFrame, key_cols: list[str]) -> p
 
 def cross_features(known: pd.DataFrame, queries: pd.DataFrame, item_attrs: Sequence[Sequence[int]]) -> np.ndarray:
     """`[len(queries), len(CROSS_FEATURES)]` float32 features of each query row (columns user, item, ts), computed
-    from `known` (columns user, item, ts, rating, label) rows strictly earlier than the query."""
+    from `known` (columns user, item, ts, rating, label) rows strictly earlier than the query. Rows flagged
+    `sampled` (negatives drawn by the protocol) were never shown to anyone: they are not counted."""
+    if "sampled" in known:
+        known = known[~known["sampled"].to_numpy(bool)]
     n_known = len(known)
+    ratings = known["rating"].to_numpy(float)
+    if np.isnan(ratings).all():  # positives without ratings (sampled-negative protocol): the label stands in
+        known = known.assign(rating=known["label"].astype(float))
     prior_label = float(known["label"].mean()) if n_known else 0.5
     prior_rating = float(known["rating"].mean()) if n_known else 3.0
     keys = pd.concat([known[["user", "item", "ts"]], queries[["user", "item", "ts"]]], ignore_index=True)

@@ -1,0 +1,103 @@
+"""Ablations declared by a plugin (`ablations:` in its YAML): variants run over seeds on one split, then the paper's
+tables, each closing with the difference of its last row against its first and that difference's tests.
+
+Paired tests use per-user arrays averaged over seeds (Wilcoxon signed-rank over users; for AUC the per-user AUC that
+gAUC averages); metrics without per-user values (pooled AUC is paired through per-user AUC, log-loss and the AUC gap
+are not) are compared across seeds with Welch's test.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from harness.errors import ConfigError
+from harness.stats import paired, welch
+
+PER_USER_KEY = {"auc": "auc", "gauc": "auc", "recall_auc": "recall_auc", "recall_gauc": "recall_auc"}
+
+
+def variants_of(method_cls) -> dict[str, dict[str, Any]]:
+    spec = getattr(method_cls, "ablations", None) or {}
+    if not spec.get("variants"):
+        raise ConfigError(f"method {method_cls.name!r} declares no ablations (an `ablations:` section in its YAML)")
+    return dict(spec["variants"])
+
+
+def run_ablations(spec, seeds: Sequence[int], store, jobs: int | None = None, force: bool = False,
+                  only: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Every variant (its overrides on top of the user's) over the seeds; finished seeds are reused."""
+    from harness import registry
+    from harness.multiseed import run_seeds
+    variants = variants_of(registry.get(spec.method))
+    unknown = set(only or []) - set(variants)
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {sorted(unknown)}; {spec.method} has {', '.join(variants)}")
+    out = {}
+    for name, overrides in variants.items():
+        if only and name not in only:
+            continue
+        variant = dataclasses.replace(spec, overrides={**spec.overrides, **overrides})
+        out[name] = run_seeds(variant, seeds, store, n_jobs=jobs, resume=not force)
+    return out
+
+
+def _value(record: dict[str, Any], metric: str) -> float | None:
+    value = record.get("metrics", {}).get("test", {}).get(metric, record.get("diagnostics", {}).get(metric))
+    return None if value is None else float(value)
+
+
+def _summary(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def ablation_tables(method_cls, records: dict[str, list[dict[str, Any]]],
+                    per_user: Callable[[dict[str, Any]], dict[str, np.ndarray] | None]) -> list[tuple[str, list[dict]]]:
+    tables = []
+    for table in (getattr(method_cls, "ablations", None) or {}).get("tables", []):
+        names = [n for n in table["rows"] if records.get(n)]
+        rows = []
+        for name in names:
+            row: dict[str, Any] = {"config": name, "seeds": len(records[name])}
+            for metric in table["metrics"]:
+                row[metric] = _summary([v for v in (_value(r, metric) for r in records[name]) if v is not None])
+            rows.append(row)
+        if len(names) >= 2:
+            first, last = names[0], names[-1]
+            delta: dict[str, Any] = {"config": f"Δ {last} − {first}", "seeds": ""}
+            for metric in table["metrics"]:
+                a = [v for v in (_value(r, metric) for r in records[last]) if v is not None]
+                b = [v for v in (_value(r, metric) for r in records[first]) if v is not None]
+                if not a or not b:
+                    delta[metric] = "-"
+                    continue
+                diff = float(np.mean(a) - np.mean(b))
+                test = _paired_p(records[last], records[first], metric, per_user)
+                if test is None:
+                    p, how = welch(a, b)["p"], "welch"
+                else:
+                    p, how = test, "wilcoxon"
+                delta[metric] = f"{diff:+.4f} (p={p:.2g} {how})" if np.isfinite(p) else f"{diff:+.4f}"
+            rows.append(delta)
+        tables.append((table["title"], rows))
+    return tables
+
+
+def _paired_p(a_records, b_records, metric: str, per_user) -> float | None:
+    key = PER_USER_KEY.get(metric, metric)
+
+    def averaged(records):
+        arrays = [per_user(r) for r in records]
+        arrays = [x[key] for x in arrays if x is not None and key in x]
+        if not arrays or len({len(x) for x in arrays}) != 1:
+            return None
+        return np.mean(arrays, axis=0)
+    a, b = averaged(a_records), averaged(b_records)
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    return paired(a, b, n_boot=200)["p_wilcoxon"]
