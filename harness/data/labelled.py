@@ -18,8 +18,9 @@ from harness.errors import ConfigError, DataError
 
 LABELLED_DEFAULTS: dict[str, Any] = {
     "name": "labelled", "threshold": 4.0, "valid_exposures": 5, "test_exposures": 10, "min_train_exposures": 5,
-    # a movie is rated once: items the user was already shown cannot be recommended again
-    "exclude_history": True,
+    # as in leave-one-out (TIGER/GRID): nothing is removed from a method's list; an item the user was already shown
+    # is never a target here, so recommending it costs every method alike. True removes earlier exposures.
+    "exclude_history": False,
     # "exposures": real labelled exposures only (needs ratings). "sampled": every interaction is a positive and
     # gets `sampled_per_positive` items the user never interacted with, labelled 0 and flagged `sampled`: they are
     # scored for AUC but never presented as exposures (not in histories, not counted by cross features).
