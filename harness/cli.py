@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = ssub.add_parser("report", help="fit (or load cached) SIDs for a dataset and print their diagnostics",
                              description="Per-level utilisation and entropy, unique SIDs, collisions, prefix fan-out, "
                              "reconstruction error and neighbourhood agreement with training transitions.")
+    compare_sids = ssub.add_parser("compare", help="the tokenizer reports of stored generative runs side by side "
+                                   "(one column per method configuration, mean ± sd over seeds)",
+                                   description="Reads `tokenizer_report` from each run record (tiger, letter, "
+                                   "etegrec, gr, ...) of a track and dataset, with the retrieval they led to.")
+    board_args(compare_sids)
+    compare_sids.add_argument("--methods", default=None, help="comma-separated board rows (default: all with a report)")
     report.add_argument("--dataset", required=True)
     report.add_argument("--tokenizer", default="rkmeans", help="rkmeans, rvq, rqvae, balanced, index-file, letter "
                         "(letter also reads sasrec-cf collaborative embeddings)")
@@ -310,6 +316,19 @@ def cmd_ablate(args: argparse.Namespace, argv: Sequence[str]) -> int:
                                        lambda r: store.per_user(r["run_id"]).get("test")):
         print(f"\n{title}\n")
         print(render(rows, args.format))
+    return 0
+
+
+def cmd_sids_compare(args: argparse.Namespace) -> int:
+    from harness.results import records_for
+    from harness.tables import render, tokenizer_rows
+    results = _results(args, args.dataset)
+    groups = records_for(results, args.methods.split(",") if args.methods else None)
+    rows = tokenizer_rows(groups)
+    if not rows:
+        raise HarnessError(f"no run records with a tokenizer report for dataset {args.dataset!r}"
+                           + (f" in track {args.track!r}" if args.track else "") + " (generative methods store one)")
+    print(render(rows, args.format))
     return 0
 
 
@@ -536,6 +555,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in plugin_cli.COMMANDS:
             return plugin_cli.dispatch(args, argv)
         if args.command == "sids":
+            if args.action == "compare":
+                return cmd_sids_compare(args)
             if args.action != "report":
                 parser.parse_args(["sids", "--help"])
             return cmd_sids_report(args)

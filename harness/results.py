@@ -55,9 +55,16 @@ class ResultSet:
         return metrics_from_ranks(ranks_f, ks)
 
     def groups(self) -> dict[str, list[dict[str, Any]]]:
-        """Board rows: records grouped by label; configurations differing under one label are kept apart."""
-        by_label: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        """Board rows: records grouped by label; configurations differing under one label are kept apart. A seed
+        run again (`--force`) counts once: its newest record (run ids begin with their start time) stands."""
+        newest: dict[tuple, dict[str, Any]] = {}
         for record in self.records:
+            key = (row_label(record), record.get("method_config_hash", ""), record.get("split_id"),
+                   (record.get("budget") or {}).get("seconds"), record.get("seed", 0))
+            if key not in newest or record["run_id"] > newest[key]["run_id"]:
+                newest[key] = record
+        by_label: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        for record in newest.values():
             by_label[row_label(record)][record.get("method_config_hash", "")].append(record)
         out = {}
         for label, by_hash in by_label.items():

@@ -49,8 +49,9 @@ def leaderboard_rows(results: ResultSet, ks: Sequence[int], primary: str, correc
         for k in ks:
             for name in (f"recall@{k}", f"ndcg@{k}"):
                 row[name] = _ci([t[name] for t in test if name in t])
-        if any("auc" in t for t in test):
-            row["auc"] = _ci([t["auc"] for t in test if "auc" in t])
+        for name in ("auc", "gauc", "logloss", "recall_auc"):  # labelled protocol
+            if any(name in t for t in test):
+                row[name] = _ci([t[name] for t in test if name in t])
         lat = [r.get("latency") or {} for r in records]
         row["p50_ms"] = _median([l.get("p50_ms") for l in lat])
         row["p99_ms"] = _median([l.get("p99_ms") for l in lat])
@@ -125,3 +126,61 @@ def pool_views(record: dict[str, Any]) -> str | None:
             ["item-level (beam scores)", *[diag[f"beam_ranked/recall@{k}"] for k in ks]],
             ["item-level (item scorer)", *[test.get(f"recall@{k}", float("nan")) for k in ks]]]
     return tabulate(rows, headers=["scoring of the beam pool", *[f"Recall@{k}" for k in ks]], floatfmt=".4f")
+
+
+def _spread(values: Sequence[float], spec: str = ".4f") -> str:
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1 or np.std(values) == 0:
+        return format(values[0], spec)
+    return f"{format(float(np.mean(values)), spec)} ± {format(float(np.std(values, ddof=1)), spec)}"
+
+
+def tokenizer_rows(groups: dict[str, list[dict]], ks: Sequence[int] = (10,)) -> list[dict[str, Any]]:
+    """The tokenizer reports stored in generative runs' records, one column per board row (mean ± sd over seeds),
+    beside the retrieval they led to: utilisation, entropy, collisions, neighbourhood agreement, recomputations."""
+    reports = {label: [r for r in records if (r.get("diagnostics") or {}).get("tokenizer_report")]
+               for label, records in groups.items()}
+    reports = {label: records for label, records in reports.items() if records}
+    if not reports:
+        return []
+
+    def row(name: str, get, spec: str = ".4f") -> dict[str, Any]:
+        out: dict[str, Any] = {"figure": name}
+        for label, records in reports.items():
+            out[label] = _spread([get(r) for r in records], spec)
+        return out
+
+    def report(r):
+        return r["diagnostics"]["tokenizer_report"]
+
+    def tok(r):
+        sids = (r.get("features") or {}).get("sids") or [{}]
+        return sids[-1].get("tokenizer") or {}
+    rows = [{"figure": "seeds", **{label: str(len(records)) for label, records in reports.items()}},
+            {"figure": "tokenizer", **{label: str(tok(records[0]).get("tokenizer", "?")) for label, records in
+                                       reports.items()}},
+            {"figure": "codebooks", **{label: " × ".join(str(w) for w in report(records[0]).get("widths", []))
+                                       for label, records in reports.items()}}]
+    rows.append(row("unique SIDs", lambda r: report(r).get("unique_sids"), ".0f"))
+    rows.append(row("collision rate", lambda r: report(r).get("collision_rate")))
+    rows.append(row("largest collision group", lambda r: report(r).get("largest_group"), ".0f"))
+    depth = max(len(report(records[0]).get("per_level", [])) for records in reports.values())
+    for level in range(depth):
+        def level_of(r, key, level=level):
+            per = report(r).get("per_level", [])
+            return per[level].get(key) if level < len(per) else None
+        rows.append(row(f"L{level + 1} utilisation", lambda r, f=level_of: f(r, "utilisation")))
+        rows.append(row(f"L{level + 1} entropy / max", lambda r, f=level_of: f(r, "entropy_ratio")))
+    for length in range(1, depth + 1):
+        def lift(r, length=length):
+            hood = [n for n in report(r).get("neighbourhood", []) if n.get("prefix_len") == length]
+            return hood[0].get("lift") if hood else None
+        rows.append(row(f"neighbour lift, prefix {length}", lift, ".2f"))
+    rows.append(row("code recomputations", lambda r: len((r.get("diagnostics") or {}).get("code_recomputations") or [])
+                    or None, ".0f"))
+    for k in ks:
+        rows.append(row(f"recall@{k}", lambda r, k=k: r["metrics"]["test"].get(f"recall@{k}")))
+        rows.append(row(f"ndcg@{k}", lambda r, k=k: r["metrics"]["test"].get(f"ndcg@{k}")))
+    return rows
