@@ -147,6 +147,9 @@ class Method:
     # labelled exposure before the evaluated block); False methods see positives only, as `histories`
     uses_exposures: ClassVar[bool] = False
     probability_scores: ClassVar[bool] = False  # True: score() returns probabilities (log-loss is then reported)
+    # True: retrieval is judged through recommend() even though score() exists (score() then serves AUC only),
+    # e.g. a beam search whose candidates a pointwise scorer re-ranks
+    retrieves_by_recommend: ClassVar[bool] = False
     needs: ClassVar[tuple[str, ...]] = ()
     default_config: ClassVar[dict[str, Any]] = {}
     search_space: ClassVar[dict[str, Any]] = {}

@@ -128,10 +128,11 @@ def evaluate_method(method, histories: Sequence[np.ndarray], targets: np.ndarray
                     batch_size: int = 1024, desc: str = "evaluate", users: np.ndarray | None = None) -> EvalResult:
     """Rank each target against the full catalogue with the method's `score` (mode 'score') or `recommend` ('topk').
 
-    'auto' uses `score` when the plugin has it, else `recommend` with k = max(ks).
+    'auto' uses `score` when the plugin has it (and does not ask to be judged by `recommend`), else `recommend`
+    with k = max(ks).
     """
     if mode == "auto":
-        mode = "score" if method.has_score() else "topk"
+        mode = "score" if method.has_score() and not getattr(method, "retrieves_by_recommend", False) else "topk"
     k_max = max(ks)
     target_tensor = torch.as_tensor(np.asarray(targets, dtype=np.int64))
     all_ranks, counts, generative, alternatives = [], {}, {}, {}

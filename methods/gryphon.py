@@ -68,6 +68,7 @@ class Gryphon(GenerativeRetrieval):
     name = "gryphon"
     paper = "Gryphon: A Unified Architecture for Semantic-ID Generation and Item-Level Scoring in Industrial " \
             "Recommendations (2026)"
+    retrieves_by_recommend = True  # retrieval = beam search + ILSM re-ranking; score() = the ILSM alone (for AUC)
 
     # --- §3 architecture ----------------------------------------------------------------------------------------
     def model_shape(self) -> ModelShape:
@@ -140,6 +141,23 @@ class Gryphon(GenerativeRetrieval):
         return TopK(items=items, scores=top.values, extras={
             "beam_groups": groups, "beam_group_sizes": sizes,
             "alt:beam:items": pool[:, :width], "alt:beam:scores": pool_beam_scores[:, :width]})
+
+    @torch.no_grad()
+    def score(self, histories: list[np.ndarray], items: torch.Tensor | None = None,
+              users: np.ndarray | None = None) -> torch.Tensor:
+        """The ILSM's score of items (all, or `items`) for each history: pointwise, so AUC is defined for Gryphon."""
+        self.model.eval()
+        self.ilsm.eval()
+        candidates = torch.arange(len(self.item_sids)) if items is None else items.long()
+        user_tensor = None if users is None else torch.as_tensor(np.asarray(users, dtype=np.int64))
+        chunk = max(1, int(self.config["decode_batch"]) // 4)
+        parts = []
+        for start in range(0, len(histories), chunk):
+            sids = self.history_sids(self._padded(histories[start:start + chunk]))
+            u = None if user_tensor is None else user_tensor[start:start + chunk].to(self.device)
+            memory, mask = self.model.memory(sids, u)
+            parts.append(self.ilsm(memory, mask, candidates.to(self.device)).float().cpu())
+        return torch.cat(parts) if parts else torch.zeros(0, len(candidates))
 
     def diagnostics(self):
         info = super().diagnostics()

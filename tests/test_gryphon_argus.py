@@ -78,6 +78,18 @@ def test_gryphon_beats_pop_and_reports_the_three_views(tiny_spec, store, tmp_pat
     assert diag["invalid_sid_rate"] == 0.0 and diag["decoder_blocks"] == 2  # one of 3 blocks became the ILSM
     assert 0 <= diag["beam_ranked/recall@10"] <= 1 and 0 <= diag["sid_recall@10"] <= 1
     assert "item-level (item scorer)" in pool_views(record)
+    assert record["eval"]["mode"] == "topk"  # judged by its beam search + ILSM, although it has score()
+
+
+def test_gryphon_item_scorer_gives_auc_on_the_labelled_protocol(store, tmp_path, monkeypatch):
+    from harness.protocol import RunSpec, run
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    record = run(RunSpec(method="gryphon", dataset="synthetic-labelled", dataset_options={"n_users": 200, "n_items": 60},
+                         protocol={"name": "labelled"}, overrides={**SMALL_GR, "epochs": 4, "eval_every": 4},
+                         latency_users=5), store)
+    assert record["status"] == "ok", record["failure"]
+    test = record["metrics"]["test"]
+    assert 0.5 < test["auc"] <= 1.0 and 0.0 <= test["gauc"] <= 1.0 and "recall@10" in test
 
 
 def test_item_scorer_separates_items_that_share_a_sid(tiny_spec, store, tmp_path, monkeypatch):
