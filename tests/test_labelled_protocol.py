@@ -156,3 +156,37 @@ def test_sampled_negatives_are_labelled_as_sampled_and_never_presented_as_exposu
                          protocol={"name": "labelled", "negatives": "sampled"}, latency_users=5), store)
     assert record["status"] == "ok" and record["protocol"]["negatives"] == "sampled"
     assert 0.5 < record["metrics"]["test"]["auc"] <= 1.0  # popular positives against uniform draws
+
+
+def test_evaluator_gauc_and_auc_against_scikit_learn_per_user():
+    import torch
+
+    from harness.api import Method
+    from harness.data.labelled import ExposureHistory, LabelledPart
+    from harness.evaluate_labelled import evaluate_labelled
+    rng = np.random.default_rng(3)
+    n_items, n_users = 30, 12
+    table = rng.normal(size=(n_users, n_items)).round(1)  # ties included
+
+    class Fixed(Method):
+        name = "fixed"
+        uses_user_ids = True
+
+        def fit(self, train, budget):
+            pass
+
+        def score(self, histories, items=None, users=None):
+            rows = torch.as_tensor(table[np.asarray(users)])
+            return rows if items is None else rows[:, items]
+    blocks = [rng.choice(n_items, size=6, replace=False) for _ in range(n_users)]
+    labels = [rng.integers(0, 2, 6) for _ in range(n_users)]
+    labels[0][:] = 1  # a user with one label only: outside gAUC, inside AUC
+    empty = ExposureHistory(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
+    part = LabelledPart(np.arange(n_users), [np.zeros(0, np.int64)] * n_users, [empty] * n_users, blocks, labels,
+                        pd.DataFrame())
+    result = evaluate_labelled(Fixed(), part, n_items, [5], exclude_history=False)
+    per_user = [roc_auc_score(y, table[u, b]) for u, (b, y) in enumerate(zip(blocks, labels)) if 0 < y.sum() < len(y)]
+    assert result.metrics["gauc"] == pytest.approx(np.mean(per_user), abs=1e-12)
+    pooled = roc_auc_score(np.concatenate(labels), np.concatenate([table[u, b] for u, b in enumerate(blocks)]))
+    assert result.metrics["auc"] == pytest.approx(pooled, abs=1e-12)
+    assert np.isnan(result.per_user["auc"][0])
