@@ -156,7 +156,9 @@ def _part(frame: pd.DataFrame, block: pd.DataFrame, known: pd.DataFrame, users: 
 def labelled_split(dataset: Dataset, protocol: dict[str, Any] | None = None) -> LabelledSplit:
     """Users with fewer than valid + test + min_train exposures keep them all for training and are not evaluated."""
     from harness.data.split import compute_split_id
-    protocol = resolve_labelled(protocol)
+    card_threshold = (dataset.meta.get("labels") or {}).get("threshold")  # the card's `labels:` section
+    protocol = resolve_labelled({**({"threshold": card_threshold} if card_threshold is not None else {}),
+                                 **(protocol or {})})
     frame = labelled_frame(dataset, protocol)
     n_valid, n_test = protocol["valid_exposures"], protocol["test_exposures"]
     lengths = frame.groupby("user")["item"].transform("size")
