@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.api import Budget, Method, TopK, TrainView, register
-from harness.features.cross import CROSS_FEATURES, candidate_queries, cross_features
+from harness.data.labelled import ExposureHistory
+from harness.features.cross import CROSS_FEATURES, candidate_queries, cross_features, feature_priors
 from harness.nn.ranker import Mixer
 from harness.nn.training import train_with_validation
 from harness.sid.ema_rq import AddressingQuantizer
@@ -174,6 +175,7 @@ class DIG(Method):
         self.user_codes, cards = self._user_table(train)
         self.net = DIGNet(torch.as_tensor(static), train.n_items, cards, cfg).to(self.device)
         # item-level cross features at inference: popularity and like rate over the whole training part
+        self.priors = feature_priors(train.exposures)  # shrinkage targets, kept for inference
         self.item_stats = torch.as_tensor(cross_features(
             train.exposures, candidate_queries(np.zeros(train.n_items), np.arange(train.n_items)),
             self.item_attrs)[:, ITEM_COLUMNS], device=self.device)
@@ -261,9 +263,8 @@ class DIG(Method):
         """Per evaluated user: e_u, history states, mask, and the exposure frame that feeds cross features."""
         T = int(self.config["max_history"])
         if exposures is None:  # positives only (e.g. called outside the labelled protocol)
-            exposures = [type("H", (), {"items": np.asarray(h), "labels": np.ones(len(h), np.int64),
-                                        "ratings": np.full(len(h), 5.0), "ts": np.arange(len(h))})()
-                         for h in histories]
+            exposures = [ExposureHistory(np.asarray(h, np.int64), np.arange(len(h)), np.full(len(h), np.nan),
+                                         np.ones(len(h), np.int64)) for h in histories]
         hist_items = np.full((len(exposures), T), -1, dtype=np.int64)
         hist_labels = np.zeros((len(exposures), T), dtype=np.int64)
         for row, ex in enumerate(exposures):
@@ -275,9 +276,7 @@ class DIG(Method):
         feats = torch.as_tensor(self.user_codes[users], device=self.device)
         e_items = self.net.item_embeddings()
         e_u, history, mask = self.net.users(e_items, torch.as_tensor(hist_items, device=self.device),
-                                            torch.as_tensor(hist_labels, device=self.device),
-                                            torch.cat([feats, feats.new_zeros(len(users), 0)], dim=1)
-                                            if feats.ndim == 2 else feats)
+                                            torch.as_tensor(hist_labels, device=self.device), feats)
         known = pd.DataFrame({"user": np.repeat(np.arange(len(exposures)), [len(e.items) for e in exposures]),
                               "item": np.concatenate([e.items for e in exposures]) if exposures else [],
                               "ts": np.concatenate([e.ts for e in exposures]) if exposures else [],
@@ -291,7 +290,7 @@ class DIG(Method):
 
     def _rank_scores(self, ctx, row_of: np.ndarray, items: np.ndarray) -> torch.Tensor:
         """Ranking-path probabilities for (evaluated-user row, item) pairs, with full u2i cross features."""
-        cross = cross_features(ctx["known"], candidate_queries(row_of, items), self.item_attrs)
+        cross = cross_features(ctx["known"], candidate_queries(row_of, items), self.item_attrs, self.priors)
         cross = torch.as_tensor(cross, device=self.device)
         items_t = torch.as_tensor(items, device=self.device)
         cross[:, ITEM_COLUMNS] = self.item_stats[items_t]

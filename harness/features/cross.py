@@ -30,18 +30,30 @@ def _before(keys: pd.DataFrame, weights: pd.DataFrame, key_cols: list[str]) -> p
     return keys.join(totals, on=key_cols + ["ts"])[list(weights.columns)]
 
 
-def cross_features(known: pd.DataFrame, queries: pd.DataFrame, item_attrs: Sequence[Sequence[int]]) -> np.ndarray:
+def feature_priors(known: pd.DataFrame) -> tuple[float, float]:
+    """(like rate, mean rating) of the known exposures: what rates and means are shrunk toward."""
+    if "sampled" in known:
+        known = known[~known["sampled"].to_numpy(bool)]
+    if not len(known):
+        return 0.5, 3.0
+    ratings = known["rating"].to_numpy(float)
+    labels = known["label"].to_numpy(float)
+    return float(labels.mean()), float(labels.mean() if np.isnan(ratings).all() else np.nanmean(ratings))
+
+
+def cross_features(known: pd.DataFrame, queries: pd.DataFrame, item_attrs: Sequence[Sequence[int]],
+                   priors: tuple[float, float] | None = None) -> np.ndarray:
     """`[len(queries), len(CROSS_FEATURES)]` float32 features of each query row (columns user, item, ts), computed
     from `known` (columns user, item, ts, rating, label) rows strictly earlier than the query. Rows flagged
-    `sampled` (negatives drawn by the protocol) were never shown to anyone: they are not counted."""
+    `sampled` (negatives drawn by the protocol) were never shown to anyone: they are not counted. `priors` (see
+    `feature_priors`) default to the known rows' own; pass the training ones when `known` is a few users' history."""
     if "sampled" in known:
         known = known[~known["sampled"].to_numpy(bool)]
     n_known = len(known)
+    prior_label, prior_rating = priors if priors is not None else feature_priors(known)
     ratings = known["rating"].to_numpy(float)
-    if np.isnan(ratings).all():  # positives without ratings (sampled-negative protocol): the label stands in
+    if n_known and np.isnan(ratings).all():  # positives without ratings (sampled-negative protocol): label stands in
         known = known.assign(rating=known["label"].astype(float))
-    prior_label = float(known["label"].mean()) if n_known else 0.5
-    prior_rating = float(known["rating"].mean()) if n_known else 3.0
     keys = pd.concat([known[["user", "item", "ts"]], queries[["user", "item", "ts"]]], ignore_index=True)
     keys = keys.astype(np.int64)
     is_known = np.r_[np.ones(n_known), np.zeros(len(queries))]
