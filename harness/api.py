@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from harness.data.labelled import ExposureHistory
 from harness.errors import BudgetExceeded, NonFiniteLoss
 
 __all__ = [
     "Method", "TrainView", "TopK", "Budget", "EarlyStopping", "check_finite", "register",
-    "BudgetExceeded", "NonFiniteLoss", "pad_histories",
+    "BudgetExceeded", "NonFiniteLoss", "pad_histories", "ExposureHistory",
 ]
 
 

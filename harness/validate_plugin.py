@@ -421,6 +421,15 @@ def _agreement(plugin_cls: type, top: TopK, scores: torch.Tensor, part: torch.Te
         return Check("agreement", "fail", "score(histories, items) differs from the same columns of score(histories)")
     if plugin_cls.recommend is Method.recommend:
         return Check("agreement", "pass", "recommend() is the top-k of score() (the default)")
+    if getattr(plugin_cls, "retrieves_by_recommend", False):
+        # a retrieval stage (e.g. beam search) picks the candidates; score() must still order what it returns
+        got = scores.gather(1, top.items.cpu().clamp(min=0))
+        later_higher = (got[:, 1:] > got[:, :-1] + 1e-4 * got.abs().amax().clamp(min=1.0)) & valid[:, 1:] & valid[:, :-1]
+        bad = int(later_higher.any(dim=1).sum())
+        if bad:
+            return Check("agreement", "fail", f"for {bad} of {len(scores)} users recommend()'s candidates are not in "
+                         f"score() order")
+        return Check("agreement", "pass", "retrieval by recommend() (declared); its candidates are in score() order")
     k = top.items.shape[1]
     best = scores.topk(k, dim=1).values
     got = scores.gather(1, top.items.cpu().clamp(min=0)).masked_fill(~valid, -torch.inf).sort(dim=1, descending=True)

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.api import Budget, Method, TopK, TrainView, register
-from harness.data.labelled import ExposureHistory
-from harness.features.cross import CROSS_FEATURES, candidate_queries, cross_features, feature_priors
+from harness.api import Budget, ExposureHistory, Method, TopK, TrainView, register
+from harness.features.cross import (CROSS_FEATURES, candidate_queries, cross_features, exposures_from_sequences,
+                                    feature_priors)
 from harness.nn.ranker import Mixer
 from harness.nn.training import train_with_validation
 from harness.sid.ema_rq import AddressingQuantizer
@@ -99,7 +99,7 @@ def balanced_tree_codes(x: np.ndarray, levels: int, width: int, seed: int) -> np
 class DIG(Method):
     name = "dig"
     paper = "Wang, Discrimination Is Generation: Unifying Ranking and Retrieval from a Tokenizer Perspective, 2026"
-    needs = ("labelled exposures",)
+    needs = ("labelled exposures (else sampled negatives)",)
     uses_user_ids = True
     uses_exposures = True
     probability_scores = True
@@ -128,7 +128,7 @@ class DIG(Method):
     def _training_rows(self, train: TrainView, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Real exposures (rank + recall) and sampled items labelled 0 (recall only), each with its history
         window (the user's real exposures strictly before it) and its prefix cross features."""
-        ex = train.exposures.reset_index(drop=True)
+        ex = self.exposures.reset_index(drop=True)
         users, ts = ex["user"].to_numpy(), ex["ts"].to_numpy()
         # history windows index the real exposures only (protocol-sampled negatives were never shown), ordered by
         # (user, ts): a row's window ends before the first exposure of its user at or after its time
@@ -164,10 +164,14 @@ class DIG(Method):
     # ---- training ---------------------------------------------------------------------------------------------
     def fit(self, train: TrainView, budget: Budget) -> None:
         cfg = self.config
-        if train.exposures is None:
-            raise ValueError("dig needs labelled exposures: run it under the labelled protocol (--protocol labelled)")
         self.device = train.device
         rng = np.random.default_rng(train.seed)
+        self.exposures = train.exposures
+        self.exposure_source = "labelled exposures"
+        if self.exposures is None:  # leave-one-out data (e.g. Amazon): interactions + sampled negatives, said so
+            self.exposures = exposures_from_sequences(train.sequences, train.n_items, cfg["recall_negatives"] or 1,
+                                                      train.seed)
+            self.exposure_source = "training sequences as positives + sampled negatives (no labelled exposures)"
         torch.manual_seed(train.seed)
         self.n_items = train.n_items
         self.item_attrs = [list(a) for a in train.items["attrs"]]
@@ -175,9 +179,9 @@ class DIG(Method):
         self.user_codes, cards = self._user_table(train)
         self.net = DIGNet(torch.as_tensor(static), train.n_items, cards, cfg).to(self.device)
         # item-level cross features at inference: popularity and like rate over the whole training part
-        self.priors = feature_priors(train.exposures)  # shrinkage targets, kept for inference
+        self.priors = feature_priors(self.exposures)  # shrinkage targets, kept for inference
         self.item_stats = torch.as_tensor(cross_features(
-            train.exposures, candidate_queries(np.zeros(train.n_items), np.arange(train.n_items)),
+            self.exposures, candidate_queries(np.zeros(train.n_items), np.arange(train.n_items)),
             self.item_attrs)[:, ITEM_COLUMNS], device=self.device)
 
         with torch.no_grad():  # zero-collision start: balanced k-means tree over the initial e_v
@@ -407,6 +411,6 @@ class DIG(Method):
 
     def diagnostics(self) -> dict[str, Any]:
         stats = self.code_history
-        return {"code_recomputations": stats, "initial_collision_rate": stats[0]["collision_rate"],
+        return {"exposure_source": getattr(self, "exposure_source", None), "code_recomputations": stats, "initial_collision_rate": stats[0]["collision_rate"],
                 "final_collision_rate": stats[-1]["collision_rate"],
                 "final_losses": getattr(self, "last_losses", {})}

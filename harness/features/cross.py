@@ -90,6 +90,20 @@ def cross_features(known: pd.DataFrame, queries: pd.DataFrame, item_attrs: Seque
     return np.concatenate([user, by_cat, item], axis=1).astype(np.float32)
 
 
+def exposures_from_sequences(sequences: Sequence[np.ndarray], n_items: int, per_positive: int = 1,
+                             seed: int = 0) -> pd.DataFrame:
+    """Labelled rows for data without exposures (leave-one-out sequences): every interaction a positive at its
+    position, plus `per_positive` items the user never interacted with, labelled 0 and flagged `sampled`."""
+    from harness.data.labelled import sample_negatives
+    lengths = [len(s) for s in sequences]
+    frame = pd.DataFrame({"user": np.repeat(np.arange(len(sequences)), lengths),
+                          "item": np.concatenate(sequences) if sequences else np.zeros(0, np.int64),
+                          "ts": np.concatenate([np.arange(n) for n in lengths]) if sequences else [],
+                          "rating": np.nan, "label": 1, "sampled": False})
+    frame = pd.concat([frame, sample_negatives(frame, n_items, per_positive, seed)])
+    return frame.sort_values(["user", "ts", "sampled"], kind="stable").reset_index(drop=True)
+
+
 def candidate_queries(users: np.ndarray, items: np.ndarray) -> pd.DataFrame:
     """Query rows (user, item) scored after everything known: inference over an evaluated block."""
     return pd.DataFrame({"user": np.asarray(users, dtype=np.int64), "item": np.asarray(items, dtype=np.int64),
