@@ -2,6 +2,7 @@
 harness, early stopping on the best validation state."""
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterable
 
 import torch
@@ -18,6 +19,7 @@ def train_with_validation(method: Method, module: torch.nn.Module, train: TrainV
     valid_metric and patience from `cfg`; leaves `module` at its best validation state, in eval mode."""
     stopper = EarlyStopping(cfg["valid_metric"], cfg["patience"])
     step = 0
+    last_validation = 0.0  # seconds the last validation took: one that cannot finish in the budget is not started
     for epoch in tqdm(range(budget.epochs(int(cfg["epochs"]))), desc=f"{method.name} epochs", leave=False,
                       disable=None):
         module.train()
@@ -38,8 +40,13 @@ def train_with_validation(method: Method, module: torch.nn.Module, train: TrainV
         if budget.exhausted():
             break
         if (epoch + 1) % cfg["eval_every"] == 0:
+            if stopper.best_state is not None and budget.remaining < 1.2 * last_validation:
+                break
             module.eval()
-            if stopper.update(train.validate(method), module):
+            started = time.monotonic()
+            metrics = train.validate(method)
+            last_validation = time.monotonic() - started
+            if stopper.update(metrics, module):
                 break
     stopper.restore(module)
     module.eval()
