@@ -123,7 +123,8 @@ def load_results(track: str | None = None, dataset: str | None = None, store: Ru
 
 
 def export_board(results: ResultSet, track: str, dataset: str, out_dir: Path, table_markdown: str) -> Path:
-    """Write `<out_dir>/<track>/<dataset>.jsonl` (records + provenance), per-user ranks and the markdown table."""
+    """Write `<out_dir>/<track>/<dataset>.jsonl` (records + provenance), per-user ranks (labelled protocol: per-user
+    metrics) and the markdown table."""
     folder = out_dir / track
     (folder / "per_user").mkdir(parents=True, exist_ok=True)
     path = folder / f"{dataset}.jsonl"
@@ -137,6 +138,9 @@ def export_board(results: ResultSet, track: str, dataset: str, out_dir: Path, ta
                 per_user = _ranks(results, record, stage)
                 if per_user is not None:
                     arrays[f"{stage}/rank"] = per_user
+                else:  # labelled protocol: the per-user metrics themselves (several targets per user)
+                    arrays.update({f"{stage}/{name}": values
+                                   for name, values in (_stored_metrics(results, record, stage) or {}).items()})
             if arrays:
                 np.savez_compressed(folder / "per_user" / f"{record['run_id']}.npz", **arrays)
     (folder / f"{dataset}.md").write_text(table_markdown + "\n")
