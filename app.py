@@ -75,8 +75,9 @@ def leaderboard_view(results: ResultSet) -> None:
     subset = ResultSet(records=[r for r in results.records if str(r.get("track")) == track and r["dataset"] == dataset],
                        _sources=results._sources)
     ks = subset.records[0].get("eval", {}).get("ks") or [5, 10, 20, 50]
-    metric = st.selectbox("Metric for ties and plots", [f"ndcg@{k}" for k in ks] + [f"recall@{k}" for k in ks],
-                          index=min(1, len(ks) - 1))
+    ranking = [m for m in ("auc", "gauc") if any(m in r["metrics"].get("test", {}) for r in subset.records)]
+    metric = st.selectbox("Metric for ties and plots", [f"ndcg@{k}" for k in ks] + [f"recall@{k}" for k in ks]
+                          + ranking, index=min(1, len(ks) - 1))  # AUC where the protocol has labelled exposures
     rows = leaderboard_rows(subset, ks, metric)
     st.caption(f"{len(subset.records)} runs · split {subset.records[0].get('split_id', '')[:12]} · ties: methods not "
                f"significantly below the best on {metric} (Wilcoxon over users, Holm-corrected, α = 0.05)")
