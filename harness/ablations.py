@@ -27,19 +27,20 @@ def variants_of(method_cls) -> dict[str, dict[str, Any]]:
 
 def run_ablations(spec, seeds: Sequence[int], store, jobs: int | None = None, force: bool = False,
                   only: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Every variant (its overrides on top of the user's) over the seeds; finished seeds are reused."""
+    """Every variant (its overrides on top of the user's) over the seeds; finished seeds are reused. Seed by seed,
+    every variant in turn, so the variants of one seed meet the same machine load (budgets are wall-clock)."""
     from harness import registry
     from harness.multiseed import run_seeds
     variants = variants_of(registry.get(spec.method))
     unknown = set(only or []) - set(variants)
     if unknown:
         raise ConfigError(f"unknown variant(s) {sorted(unknown)}; {spec.method} has {', '.join(variants)}")
-    out = {}
-    for name, overrides in variants.items():
-        if only and name not in only:
-            continue
-        variant = dataclasses.replace(spec, overrides={**spec.overrides, **overrides})
-        out[name] = run_seeds(variant, seeds, store, n_jobs=jobs, resume=not force)
+    chosen = {name: overrides for name, overrides in variants.items() if not only or name in only}
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
+    for seed in seeds:
+        for name, overrides in chosen.items():
+            variant = dataclasses.replace(spec, overrides={**spec.overrides, **overrides})
+            out[name] += run_seeds(variant, [seed], store, n_jobs=jobs, resume=not force)
     return out
 
 
