@@ -17,6 +17,7 @@ then `generator_epochs` generator epochs (tokenizer frozen; code CE + alignment)
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import numpy as np
@@ -144,7 +145,7 @@ class ETEGRec(GenerativeRetrieval):
             "tokenizer": torch.optim.Adam([*self.tokenizer.parameters(), *self.align.parameters()],
                                           lr=cfg["tokenizer_lr"])}
         users, hists, targets = training_samples(train.sequences, cfg["max_history"], cfg["sliding_window"])
-        best, best_state, bad, step = -float("inf"), None, 0, 0
+        best, best_state, bad, step, last_validation = -float("inf"), None, 0, 0, 0.0
         cycle = cfg["generator_epochs"] + 1
         for epoch in tqdm(range(budget.epochs(int(cfg["epochs"]))), desc="etegrec epochs", leave=False, disable=None):
             phase = "tokenizer" if epoch % cycle == cycle - 1 else "generator"
@@ -165,10 +166,12 @@ class ETEGRec(GenerativeRetrieval):
             if phase == "tokenizer":
                 self.recomputations.append({"epoch": epoch + 1, **self.recompute_codes()})
             budget.epoch_done()
-            if budget.exhausted():
-                break
+            if budget.exhausted() or (best_state is not None and budget.remaining < 1.2 * last_validation):
+                break  # a validation the budget cannot fit is not started (the last one's duration says)
             parts.eval()
+            started = time.monotonic()
             value = train.validate(self)[cfg["valid_metric"]]
+            last_validation = time.monotonic() - started
             if value > best:
                 best, bad = value, 0
                 best_state = (copy.deepcopy(parts.state_dict()), self.table)
