@@ -30,7 +30,6 @@ from harness import registry
 from harness.api import Budget, Method, TrainView
 from harness.config import config_hash, merge_config
 from harness.data import load_card, load_dataset, make_split
-from harness.data.split import EvalPart
 from harness.errors import BudgetExceeded, NonFiniteLoss, RunPruned
 from harness.evaluate import DEFAULT_KS, EvaluationError, evaluate_method
 from harness.store import RunStore
