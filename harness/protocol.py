@@ -12,7 +12,6 @@ import platform
 import random
 import resource
 import subprocess
-import sys
 import threading
 import time
 import traceback
