@@ -23,7 +23,7 @@ MEMORY_PER_JOB_GB = 2.0
 
 
 def parse_seeds(text: str | int | Sequence[int] | None, default: int = 1) -> list[int]:
-    """`5` → [0..4]; `"3,7,11"` → [3, 7, 11]."""
+    """`5` → [0..4]; `"3,7,11"` → [3, 7, 11]; `"0,"` → [0]. A count must be at least 1."""
     from harness.errors import ConfigError
     if text is None:
         return list(range(default))
@@ -34,9 +34,13 @@ def parse_seeds(text: str | int | Sequence[int] | None, default: int = 1) -> lis
     try:
         if "," in text:
             return [int(s) for s in text.split(",") if s.strip()]
-        return list(range(int(text)))
+        count = int(text)
     except ValueError:
         raise ConfigError(f"malformed --seeds {text!r}: give a count (5) or a list (0,1,2)") from None
+    if count < 1:
+        raise ConfigError(f"--seeds {text!r} is a count of seeds and must be at least 1; for seed {text} alone "
+                          f"give a list: --seeds {text},")
+    return list(range(count))
 
 
 def available_memory_gb() -> float:

@@ -47,3 +47,13 @@ def test_sids_compare_without_reports_is_a_clear_error(tmp_path, capsys):
     code = main(["sids", "compare", "--dataset", "synthetic", "--track", "smoke", "--no-published",
                  "--runs-dir", str(tmp_path / "runs"), "--store", f"sqlite:///{tmp_path}/h.db"])
     assert code == 2 and "no run records with a tokenizer report" in capsys.readouterr().err
+
+
+def test_seed_lists_and_counts():
+    import pytest
+
+    from harness.errors import ConfigError
+    from harness.multiseed import parse_seeds
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("0,") == [0] and parse_seeds("4,7") == [4, 7]
+    with pytest.raises(ConfigError, match="at least 1"):
+        parse_seeds("0")  # a count of none is a mistake, not an empty run
