@@ -84,6 +84,7 @@ def run_seeds(spec: RunSpec, seeds: Sequence[int], store: RunStore, n_jobs: int 
     prepared = prepare(spec)  # user errors surface here, once, before any process starts
     cfg_hash = config_hash(prepared.config)
     done = finished_seeds(store, spec, prepared.split.split_id, cfg_hash) if resume else {}
+    done = {seed: record for seed, record in done.items() if seed in seeds}
     todo = [s for s in seeds if s not in done]
     if done:
         log.warning("seeds %s already have ok records for this configuration; running %s", sorted(done), todo)
