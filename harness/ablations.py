@@ -1,9 +1,9 @@
 """Ablations declared by a plugin (`ablations:` in its YAML): variants run over seeds on one split, then the paper's
 tables, each closing with the difference of its last row against its first and that difference's tests.
 
-Paired tests use per-user arrays averaged over seeds (Wilcoxon signed-rank over users; for AUC the per-user AUC that
-gAUC averages); metrics without per-user values (pooled AUC is paired through per-user AUC, log-loss and the AUC gap
-are not) are compared across seeds with Welch's test.
+Paired tests use per-user arrays averaged over seeds (Wilcoxon signed-rank over users; for gAUC the per-user AUC it
+averages); metrics without per-user terms (pooled AUC, log-loss, the AUC gap) are compared across seeds with Welch's
+test.
 """
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import numpy as np
 
 from harness.errors import ConfigError
 from harness.stats import paired, welch
-
-PER_USER_KEY = {"auc": "auc", "gauc": "auc", "recall_auc": "recall_auc", "recall_gauc": "recall_auc"}
+from harness.tables import PER_USER_TERMS
 
 
 def variants_of(method_cls) -> dict[str, dict[str, Any]]:
@@ -90,7 +89,9 @@ def ablation_tables(method_cls, records: dict[str, list[dict[str, Any]]],
 
 
 def _paired_p(a_records, b_records, metric: str, per_user) -> float | None:
-    key = PER_USER_KEY.get(metric, metric)
+    key = PER_USER_TERMS.get(metric, metric)
+    if key is None:
+        return None
 
     def averaged(records):
         arrays = [per_user(r) for r in records]

@@ -105,7 +105,13 @@ def compare_to_best(rows: Sequence[MethodResults], test: str = "wilcoxon", corre
             if test == "bootstrap":  # the CI of the difference decides: zero inside → not significant
                 entry["p_bootstrap"] = 1.0 if entry["boot_low"] <= 0 <= entry["boot_high"] else 0.0
             raw_p.append((i, entry[f"p_{test}"]))
-        entry.setdefault("tied", None)  # unknown without per-user arrays
+        elif i != best and len(row.seed_values) >= 2 and len(rows[best].seed_values) >= 2:
+            # no per-user terms (e.g. a pooled AUC): the seeds decide, by Welch's test
+            entry["diff"] = summaries[i]["mean"] - summaries[best]["mean"]
+            entry["p_welch"] = welch(row.seed_values, rows[best].seed_values)["p"]
+            entry["decided_by"] = "welch"
+            raw_p.append((i, entry["p_welch"]))
+        entry.setdefault("tied", None)  # unknown without per-user arrays or seeds
         out.append(entry)
     adjusted = correct([p for _, p in raw_p], correction)
     for (i, _), p_adj in zip(raw_p, adjusted):

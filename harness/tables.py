@@ -13,12 +13,18 @@ from harness.stats import MethodResults, compare_to_best, seed_summary
 FORMATS = {"md": "github", "latex": "latex", "plain": "simple"}
 
 
+# Per-user terms of a metric, for paired tests: gAUC is the mean of per-user AUC; a pooled AUC has no per-user terms
+# (its rows are then compared across seeds only).
+PER_USER_TERMS = {"gauc": "auc", "recall_gauc": "recall_auc", "auc": None, "recall_auc": None, "logloss": None}
+
+
 def method_results(results: ResultSet, groups: dict[str, list[dict]], metric: str) -> list[MethodResults]:
     rows = []
+    key = PER_USER_TERMS.get(metric, metric)
     for label, records in groups.items():
         values = [r["metrics"]["test"][metric] for r in records if metric in r["metrics"]["test"]]
-        arrays = [results.per_user(r) for r in records]
-        arrays = [a[metric] for a in arrays if a is not None and metric in a]
+        arrays = [results.per_user(r) for r in records] if key else []
+        arrays = [a[key] for a in arrays if a is not None and key in a]
         per_user = np.mean(arrays, axis=0) if arrays and len({len(a) for a in arrays}) == 1 else None
         rows.append(MethodResults(label, values, per_user, {"records": records}))
     return rows
@@ -88,7 +94,8 @@ def compare_rows(results: ResultSet, labels: dict[str, list[dict]], metric: str,
             "p wilcoxon": _fmt(row.get("p_wilcoxon"), ".2e"), "p paired-t": _fmt(row.get("p_ttest"), ".2e"),
             "p welch (seeds)": _fmt(row.get("p_welch"), ".2e"), f"p adj ({correction}, {test})": _fmt(row.get("p_adj"), ".2e"),
             "d_z": _fmt(row.get("effect_dz"), "+.3f"),
-            "tied": "best" if row["best"] else ("yes" if row.get("tied") else ("no" if row.get("tied") is False else "?")),
+            "tied": ("best" if row["best"] else ("yes" if row.get("tied") else ("no" if row.get("tied") is False else "?"))
+                     + (" (welch, seeds)" if row.get("decided_by") == "welch" else "")),
         })
     return out
 

@@ -57,3 +57,13 @@ def test_seed_lists_and_counts():
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("0,") == [0] and parse_seeds("4,7") == [4, 7]
     with pytest.raises(ConfigError, match="at least 1"):
         parse_seeds("0")  # a count of none is a mistake, not an empty run
+
+
+def test_rows_without_per_user_terms_are_decided_by_their_seeds():
+    from harness.stats import MethodResults, compare_to_best
+    rows = compare_to_best([MethodResults("a", [0.76, 0.761, 0.762], None),
+                            MethodResults("b", [0.70, 0.701, 0.699], None),
+                            MethodResults("c", [0.7595, 0.7605, 0.761], None)])
+    by = {r["label"]: r for r in rows}
+    assert by["a"]["best"] and by["b"]["decided_by"] == "welch" and by["b"]["tied"] is False
+    assert by["b"]["diff"] < 0 and by["c"]["tied"] is True
