@@ -164,7 +164,8 @@ def tokenizer_rows(groups: dict[str, list[dict]], ks: Sequence[int] = (10,)) -> 
 
     def tok(r):
         sids = (r.get("features") or {}).get("sids") or [{}]
-        return sids[-1].get("tokenizer") or {}
+        own = ((r.get("diagnostics") or {}).get("sids") or {}).get("tokenizer")  # methods with their own tokenizer
+        return sids[-1].get("tokenizer") or ({"tokenizer": own} if own else {})
     rows = [{"figure": "seeds", **{label: str(len(records)) for label, records in reports.items()}},
             {"figure": "tokenizer", **{label: str(tok(records[0]).get("tokenizer", "?")) for label, records in
                                        reports.items()}},
