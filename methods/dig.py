@@ -335,9 +335,8 @@ class DIG(Method):
         """Layer-wise beam search: per user, the final-level prefixes kept and their retrieval-path scores."""
         tree = self._prefix_tree()
         n_users = len(ctx["e_u"])
-        kept = [np.arange(len(tree[0]["codes"]))[None, :].repeat(n_users, 0)]  # level 1: every first code
         result: list[tuple[np.ndarray, np.ndarray]] = []
-        frontier = [np.arange(len(tree[0]["codes"])) for _ in range(n_users)]
+        frontier = [np.arange(len(tree[0]["codes"])) for _ in range(n_users)]  # level 1: every first code
         for level, info in enumerate(tree):
             if level > 0:  # children of the surviving prefixes
                 parent = info["parent"]

@@ -136,7 +136,7 @@ def sample_negatives(frame: pd.DataFrame, n_items: int, per_positive: int, seed:
     return sampled
 
 
-def _part(frame: pd.DataFrame, block: pd.DataFrame, known: pd.DataFrame, users: np.ndarray) -> LabelledPart:
+def _part(block: pd.DataFrame, known: pd.DataFrame, users: np.ndarray) -> LabelledPart:
     known_by_user = {u: g for u, g in _exposures_only(known).groupby("user", sort=False)}
     block_by_user = {u: g for u, g in block.groupby("user", sort=False)}
     empty = known.iloc[:0]
@@ -185,8 +185,8 @@ def labelled_split(dataset: Dataset, protocol: dict[str, Any] | None = None) -> 
         protocol=protocol,
         train_sequences=train_sequences,
         train_exposures=train,
-        valid=_part(frame, valid_block, train, users),
-        test=_part(frame, test_block, before_test, users),
+        valid=_part(valid_block, train, users),
+        test=_part(test_block, before_test, users),
         counts={"train_exposures": int((~train["sampled"]).sum()), "train_positives": len(positives),
                 "evaluated_users": len(users), "test_exposures": len(test_block),
                 "test_positives": int(test_block["label"].sum()), "sampled_negatives": int(frame["sampled"].sum())},
