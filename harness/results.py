@@ -147,17 +147,8 @@ def export_board(results: ResultSet, track: str, dataset: str, out_dir: Path, ta
     return path
 
 
-def _ranks(results: ResultSet, record: dict[str, Any], stage: str) -> np.ndarray | None:
-    source = results._sources.get(record["run_id"])
-    if isinstance(source, RunStore):
-        return source.per_user(record["run_id"]).get(stage, {}).get("rank")
-    if isinstance(source, Path) and source.exists():
-        with np.load(source) as data:
-            return data[f"{stage}/rank"] if f"{stage}/rank" in data.files else None
-    return None
-
-
 def _stored_metrics(results: ResultSet, record: dict[str, Any], stage: str) -> dict[str, np.ndarray] | None:
+    """Every per-user array a run stored for a stage (from the store or a published board's npz)."""
     source = results._sources.get(record["run_id"])
     if isinstance(source, RunStore):
         return source.per_user(record["run_id"]).get(stage) or None
@@ -166,6 +157,10 @@ def _stored_metrics(results: ResultSet, record: dict[str, Any], stage: str) -> d
             prefix = f"{stage}/"
             return {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)} or None
     return None
+
+
+def _ranks(results: ResultSet, record: dict[str, Any], stage: str) -> np.ndarray | None:
+    return (_stored_metrics(results, record, stage) or {}).get("rank")
 
 
 def records_for(results: ResultSet, labels: Iterable[str] | None) -> dict[str, list[dict[str, Any]]]:

@@ -317,7 +317,15 @@ class DIG(Method):
         return self._chunks(torch.arange(len(row_of), device=self.device), run)
 
     def _prefix_tree(self):
-        """Per level: the distinct SID prefixes, each one's parent at the level above, and each item's prefix."""
+        """Per level: the distinct SID prefixes, each one's parent at the level above, and each item's prefix; the
+        last level also maps each SID to its items. Built once per state of the code table (re-assignment and the
+        restore of the best state write to it in place, which bumps its version)."""
+        key = (self.net.codes.data_ptr(), self.net.codes._version)
+        if getattr(self, "_tree_key", None) != key:
+            self._tree, self._tree_key = self._build_prefix_tree(), key
+        return self._tree
+
+    def _build_prefix_tree(self):
         codes = self.net.codes.cpu().numpy()
         levels = []
         parent_inverse = None
@@ -329,6 +337,7 @@ class DIG(Method):
                 parent[inverse] = parent_inverse
             levels.append({"codes": torch.as_tensor(uniq, device=self.device), "parent": parent, "inverse": inverse})
             parent_inverse = inverse
+        levels[-1]["members"] = pd.Series(np.arange(len(parent_inverse))).groupby(parent_inverse).apply(np.asarray)
         return levels
 
     def beam_search(self, ctx, beam: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -359,8 +368,7 @@ class DIG(Method):
     def recommend(self, histories, k, users=None, exposures=None) -> TopK:
         ctx = self._context(histories, users, exposures)
         found = self.beam_search(ctx, int(self.config["beam"]))
-        inverse = self._prefix_tree()[-1]["inverse"]
-        members = pd.Series(np.arange(len(inverse))).groupby(inverse).apply(np.asarray)
+        members = self._prefix_tree()[-1]["members"]
         pools = [np.concatenate([members[s] for s in sids]) if len(sids) else np.zeros(0, np.int64)
                  for sids, _ in found]
         beam_scores = [np.repeat(scores, [len(members[s]) for s in sids]) for sids, scores in found]
