@@ -24,9 +24,9 @@ from harness.sid.tokenizers import (SIDCodes, Tokenizer, _balanced_assign, _kmea
                                     tokenizer)
 
 
-def sinkhorn_codes(residual: torch.Tensor, book: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
-    """Balanced assignment of rows to codes: entropic optimal transport with uniform marginals (log domain),
-    on distances rescaled to [-1, 1] as LETTER does; each row takes its code of highest transport mass."""
+def sinkhorn_plan(residual: torch.Tensor, book: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
+    """The log transport plan between rows and codes: entropic optimal transport with uniform marginals (every row
+    mass 1/rows, every code 1/codes), in the log domain, on distances rescaled to [-1, 1] as LETTER does."""
     dist = torch.cdist(residual, book).double() ** 2
     middle = (dist.max() + dist.min()) / 2
     dist = (dist - middle) / (dist.max() - middle + 1e-5)
@@ -35,7 +35,19 @@ def sinkhorn_codes(residual: torch.Tensor, book: torch.Tensor, epsilon: float, i
     for _ in range(iterations):
         log_p = log_p - torch.logsumexp(log_p, dim=0, keepdim=True) - math.log(cols)
         log_p = log_p - torch.logsumexp(log_p, dim=1, keepdim=True) - math.log(rows)
-    return log_p.argmax(dim=1)
+    return log_p
+
+
+def sinkhorn_codes(residual: torch.Tensor, book: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
+    """Balanced assignment of rows to codes: each row takes its code of highest transport mass."""
+    return sinkhorn_plan(residual, book, epsilon, iterations).argmax(dim=1)
+
+
+def cf_loss(quantized: torch.Tensor, collaborative: torch.Tensor, temperature: float) -> torch.Tensor:
+    """In-batch InfoNCE: item i's quantised latent should score its own collaborative embedding above those of the
+    other items of the batch (dot products over a temperature)."""
+    logits = quantized @ collaborative.T / temperature
+    return F.cross_entropy(logits, torch.arange(len(quantized), device=quantized.device))
 
 
 class CodeClusters:
@@ -127,8 +139,7 @@ class LETTER(Tokenizer):
                 z_q, codes, vq_loss, chosen = self._quantize(quantizer, z, balance_last=True)
                 loss = F.mse_loss(decoder(z_q), data[idx]) + vq_loss  # element means, as LETTER weighs α, β
                 if o["alpha"] > 0:
-                    logits = z_q @ cf[idx].T / o["cf_temperature"]
-                    loss = loss + o["alpha"] * F.cross_entropy(logits, torch.arange(len(idx)))
+                    loss = loss + o["alpha"] * cf_loss(z_q, cf[idx], o["cf_temperature"])
                 for level, groups in enumerate(clusters):
                     loss = loss + o["beta"] * self._diversity(quantizer.codebooks[level], chosen[level],
                                                               codes[:, level], groups, generator)
