@@ -95,7 +95,8 @@ class ETEGRec(GenerativeRetrieval):
         """RQ-VAE loss with every squared error averaged over elements, as the reference RQ-VAE weighs it. The shared
         quantizer sums its VQ terms over latent dimensions, so they are divided by the latent size here: a summed VQ
         term beside a mean reconstruction is `latent` times too strong and drives the encoder to collapse items onto
-        a few codes (on scientific: 33-72% of items collided after the warm start, 0.3% with consistent means)."""
+        a few codes (on scientific's raw sasrec-cf table: 33-72% of items collided after the warm start, 0.3% with
+        consistent means)."""
         z = self.tokenizer.encoder(x)
         z_q, _, vq_loss = self.tokenizer.quantizer(z)
         return F.mse_loss(self.tokenizer.decoder(z_q), x) + vq_loss / z.shape[-1]
