@@ -177,12 +177,13 @@ class Method:
         return {}
 
     def parameters_count(self) -> int:
-        """Trainable parameters, found on any torch module attribute."""
-        total = 0
+        """Trainable parameters, found on any torch module attribute; a parameter reachable from several attributes
+        (a module kept both alone and inside a container of parts) counts once."""
+        seen: dict[int, int] = {}
         for value in vars(self).values():
             if isinstance(value, torch.nn.Module):
-                total += sum(p.numel() for p in value.parameters())
-        return total
+                seen.update((id(p), p.numel()) for p in value.parameters())
+        return sum(seen.values())
 
     @classmethod
     def has_score(cls) -> bool:

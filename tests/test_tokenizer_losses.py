@@ -174,6 +174,10 @@ def test_etegrec_losses_match_a_direct_computation(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
     method = _fitted_etegrec(epochs=2)
     cfg, tok = method.config, method.tokenizer
+    # the record's parameter count: generator, tokenizer and alignment layers once each, though `parts` holds them too
+    assert method.parameters_count() == sum(p.numel() for p in method.parts.parameters())
+    assert method.parameters_count() == sum(sum(p.numel() for p in part.parameters())
+                                            for part in (method.model, method.tokenizer, method.align))
     method.parts.train()
     g = torch.Generator().manual_seed(0)
     users = torch.randint(0, 150, (10,), generator=g)
