@@ -3,7 +3,7 @@
 Tokenizer and generator are trained together instead of one after the other.
 
 Tokenizer: an RQ-VAE over collaborative item embeddings (a SASRec's item table trained on the training split,
-`sasrec-cf`), L × W codes (3 × 256) + a counter token that numbers colliding items.
+`sasrec-cf`, standardised per dimension), L × W codes (3 × 256) + a counter token that numbers colliding items.
 Generator: the T5-style encoder-decoder of the shared engine, trained with teacher-forced code cross-entropy.
 Two alignment losses tie them (after `align_warmup` epochs):
 - SIA (sequence-item alignment): the pooled encoder state, projected into the embedding space and tokenized, should
