@@ -31,7 +31,7 @@ from harness.errors import HarnessError
 from harness.nn.generative import GenerativeRetrieval, training_samples
 from harness.nn.transformer import SIDTransformer
 from harness.sid import build_table
-from harness.sid.tokenizers import RQVAEModel
+from harness.sid.tokenizers import RQVAEModel, standardise
 
 
 def level_distributions(model: RQVAEModel, z: torch.Tensor, temperature: float = 1.0) -> list[torch.Tensor]:
@@ -157,9 +157,7 @@ class ETEGRec(GenerativeRetrieval):
         cf, provenance = embed_items(train.items, train.text_fields, "sasrec-cf", self.interactions,
                                      **cfg["collaborative_options"])
         train.provenance.setdefault("features", []).append(provenance)
-        # Standardised per dimension, as LETTER's tokenizer does with its inputs: SASRec tables of rarely seen items
-        # stay small, and on small-valued inputs the reconstruction term cannot keep items apart at the warm start.
-        cf = (cf - cf.mean(0)) / (cf.std(0) + 1e-8)
+        cf = standardise(cf)  # as LETTER's tokenizer does with its inputs
         self.cf = torch.as_tensor(cf, dtype=torch.float32, device=self.device)
         self.tokenizer = RQVAEModel(cf.shape[1], cfg["tokenizer_hidden"], cfg["tokenizer_latent"], cfg["levels"],
                                     cfg["width"], 0.25).to(self.device)

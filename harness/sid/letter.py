@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from harness.errors import ConfigError
 from harness.sid.tokenizers import (SIDCodes, Tokenizer, _balanced_assign, _kmeans, _mlp, ResidualQuantizer,
-                                    tokenizer)
+                                    standardise, tokenizer)
 
 
 def sinkhorn_plan(residual: torch.Tensor, book: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
@@ -119,9 +119,7 @@ class LETTER(Tokenizer):
                               f"-d collaborative embeddings: set latent={collaborative.shape[1]} or the embedder's dim")
         torch.manual_seed(self.seed)
         generator = torch.Generator().manual_seed(self.seed)
-        # Standardised inputs: on small-valued embeddings (L2-normalised text vectors) the reconstruction term is
-        # too weak to stop the encoder from collapsing every item onto one first-level code.
-        x = (x - x.mean(0)) / (x.std(0) + 1e-8)
+        x = standardise(x)
         data = torch.as_tensor(x, dtype=torch.float32)
         cf = torch.as_tensor(collaborative, dtype=torch.float32)
         encoder = _mlp([x.shape[1], *o["hidden"], o["latent"]])

@@ -184,6 +184,13 @@ class ResidualVQ(Tokenizer):
         return SIDCodes(codes, [self.width] * self.levels, books, error)
 
 
+def standardise(x: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance per dimension. An RQ-VAE on small-valued inputs (L2-normalised text vectors, a SASRec
+    table whose rare items barely moved) has too weak a reconstruction term to stop the encoder from collapsing
+    every item onto a few codes."""
+    return (x - x.mean(0)) / (x.std(0) + 1e-8)
+
+
 def _mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
