@@ -18,6 +18,7 @@ demo: setup
 	$(BIN)/harness run --method sasrec --dataset synthetic --seed 0
 
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 test-slow: setup

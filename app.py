@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from harness.results import LEADERBOARDS_DIR, ResultSet, load_results, row_label
-from harness.stats import seed_summary
-from harness.store import RunStore, default_runs_dir, default_url
-from harness.tables import compare_rows, leaderboard_rows
+from harness.board.results import ResultSet, load_results, row_label
+from harness.board.stats import seed_summary
+from harness.board.store import RunStore, default_runs_dir, default_url
+from harness.board.tables import compare_rows, leaderboard_rows
+from harness.paths import LEADERBOARDS_DIR
 
 st.set_page_config(page_title="gr-harness leaderboard", layout="wide")
 
@@ -72,8 +73,7 @@ def leaderboard_view(results: ResultSet) -> None:
     track = st.selectbox("Track", tracks)
     datasets = sorted({r["dataset"] for r in results.records if str(r.get("track")) == track})
     dataset = st.selectbox("Dataset", datasets)
-    subset = ResultSet(records=[r for r in results.records if str(r.get("track")) == track and r["dataset"] == dataset],
-                       _sources=results._sources)
+    subset = results.subset(lambda r: str(r.get("track")) == track and r["dataset"] == dataset)
     ks = subset.records[0].get("eval", {}).get("ks") or [5, 10, 20, 50]
     ranking = [m for m in ("auc", "gauc") if any(m in r["metrics"].get("test", {}) for r in subset.records)]
     metric = st.selectbox("Metric for ties and plots", [f"ndcg@{k}" for k in ks] + [f"recall@{k}" for k in ks]
@@ -119,8 +119,7 @@ def leaderboard_view(results: ResultSet) -> None:
 def compare_view(results: ResultSet) -> None:
     datasets = sorted({(str(r.get("track")), r["dataset"]) for r in results.records})
     track, dataset = st.selectbox("Track / dataset", datasets, format_func=lambda t: f"{t[0]} / {t[1]}")
-    subset = ResultSet(records=[r for r in results.records if (str(r.get("track")), r["dataset"]) == (track, dataset)],
-                       _sources=results._sources)
+    subset = results.subset(lambda r: (str(r.get("track")), r["dataset"]) == (track, dataset))
     groups = subset.groups()
     labels = sorted(groups)
     if len(labels) < 2:

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from harness.evaluate import metrics_from_ranks, ranks_from_scores
+from harness.metrics import metrics_from_ranks, ranks_from_scores
 
 
 def naive_rank(scores: torch.Tensor, target: int) -> int:

@@ -61,6 +61,8 @@ from harness import registry
 from harness.api import Budget, TrainView
 from harness.config import merge_config
 from harness.data import leave_one_out, load_card, load_dataset
+from harness.data.interactions import TrainInteractions
+from harness.sid import semantic_ids
 
 
 def now() -> tuple[float, float]:
@@ -115,11 +117,12 @@ def rate(count: int, start: tuple[float, float]) -> tuple[float, float]:
 
 
 # --- ours -------------------------------------------------------------------------------------------------------
-def ours_train(cls, cfg, dataset, seqs, clock):
+def ours_train(cls, cfg, dataset, split, seqs, clock):
     from harness.nn.transformer import SIDTransformer
     view = TrainView(sequences=seqs, n_items=dataset.n_items, items=dataset.items, text_fields=dataset.text_fields,
                      validate=lambda method: {}, device=torch.device("cpu"), seed=0,
-                     work_dir=Path(tempfile.gettempdir()), dataset=dataset.name)
+                     work_dir=Path(tempfile.gettempdir()), dataset=dataset.name,
+                     interactions=TrainInteractions.from_split(split, dataset.n_items), sid_provider=semantic_ids)
     method = cls(cfg)
     torch.manual_seed(0)
     clock.watch(SIDTransformer)
@@ -225,7 +228,7 @@ def main() -> None:
           f"{args.warmup} warm-up + {args.steps} timed steps x {args.repeats} rounds; torch threads {args.threads}",
           flush=True)
     for round_ in range(args.repeats):
-        method, stamps, end = ours_train(cls, cfg, dataset, seqs, clock)
+        method, stamps, end = ours_train(cls, cfg, dataset, split, seqs, clock)
         ours_tp.append(throughput(stamps, end, args.warmup, args.batch))
         if round_ == 0:
             codes = method.table.codes

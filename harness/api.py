@@ -1,11 +1,12 @@
 """The plugin contract: everything a method plugin imports from the core.
 
 A plugin sees training data through `TrainView` and is judged through `recommend` (and `score` where it has one).
-Nothing reachable from a `TrainView` holds test targets: the protocol keeps them with the evaluator.
+Nothing reachable from a `TrainView` holds test targets: the referee keeps them with the evaluator.
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -15,13 +16,18 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
+from harness.config import Registry
+from harness.data.dataset import item_texts
+from harness.data.interactions import TrainInteractions
 from harness.data.labelled import ExposureHistory
-from harness.errors import BudgetExceeded, NonFiniteLoss
+from harness.errors import BudgetExceeded, HarnessError, NonFiniteLoss
+from harness.nn.batching import pad_histories
 
 __all__ = [
     "Method", "TrainView", "TopK", "Budget", "EarlyStopping", "check_finite", "register",
-    "BudgetExceeded", "NonFiniteLoss", "pad_histories", "ExposureHistory",
+    "BudgetExceeded", "NonFiniteLoss", "pad_histories", "ExposureHistory", "TrainInteractions",
 ]
 
 
@@ -90,12 +96,18 @@ class TrainView:
     - `users`: the user table where the card has one (row u = dense user u: demographics …), else None
     - labelled-exposure protocol only: `exposures` (user, item, ts, rating, label: the training exposures, negatives
       included; `sequences` then holds each user's positives) and `protocol` (threshold, block sizes)
+    - `interactions()`: the training interactions as the leakage guard's `TrainInteractions`
+    - `semantic_ids(**options)`: the SID provider over this catalogue (DESIGN §3)
+
+    The referee builds it and hands it the training interactions and the SID provider; the contract imports none
+    of that machinery.
     """
 
     def __init__(self, sequences: list[np.ndarray], n_items: int, items: pd.DataFrame, text_fields: Sequence[str],
                  validate: Callable[["Method"], dict[str, float]], device: torch.device, seed: int,
                  work_dir: Path, dataset: str, exposures: pd.DataFrame | None = None,
-                 users: pd.DataFrame | None = None, protocol: dict[str, Any] | None = None):
+                 users: pd.DataFrame | None = None, protocol: dict[str, Any] | None = None,
+                 interactions: TrainInteractions | None = None, sid_provider: Callable[..., Any] | None = None):
         self.sequences = sequences
         self.n_items = n_items
         self.n_users = len(sequences)
@@ -110,23 +122,28 @@ class TrainView:
         self.users = users
         self.protocol = dict(protocol or {"name": "leave-one-out"})
         self.provenance: dict[str, Any] = {}  # features and SIDs the plugin drew; copied into the run record
+        self._interactions = interactions
+        self._sid_provider = sid_provider
 
     def item_text(self) -> list[str]:
         """Each item's text from the card's text fields (as the embedders read it)."""
-        from harness.features.embedders import item_texts
         return item_texts(self.items, self.text_fields)
 
     def semantic_ids(self, **options: Any):
         """The SID provider (`harness.sid.semantic_ids`) over this catalogue: (SIDTable, provenance)."""
-        from harness.sid import semantic_ids
-        table, provenance = semantic_ids(self.items, self.text_fields, interactions=self.interactions(), **options)
+        if self._sid_provider is None:
+            raise HarnessError("this TrainView has no SID provider: the referee passes `sid_provider=`")
+        table, provenance = self._sid_provider(self.items, self.text_fields, interactions=self.interactions(),
+                                               **options)
         self.provenance.setdefault("sids", []).append(provenance)
         return table, provenance
 
-    def interactions(self):
+    def interactions(self) -> TrainInteractions:
         """Training interactions in the only form interaction-derived tokenizers/embedders accept."""
-        from harness.sid.interactions import TrainInteractions
-        return TrainInteractions.from_view(self)
+        if self._interactions is None:
+            raise HarnessError("this TrainView has no training interactions: the referee passes "
+                               "`interactions=TrainInteractions.from_split(split, n_items)`")
+        return self._interactions
 
     def item_counts(self) -> np.ndarray:
         """How often each item occurs in the training sequences."""
@@ -152,8 +169,15 @@ class Method:
     # e.g. a beam search whose candidates a pointwise scorer re-ranks
     retrieves_by_recommend: ClassVar[bool] = False
     needs: ClassVar[tuple[str, ...]] = ()
+    # From the YAML beside the plugin module (`config:`, `search_space:`, `recipes:`, `ablations:`):
     default_config: ClassVar[dict[str, Any]] = {}
-    search_space: ClassVar[dict[str, Any]] = {}
+    search_space: ClassVar[dict[str, Any]] = {}  # what `harness tune` varies: {key: {type, low/high | choices}}
+    recipes: ClassVar[dict[str, dict[str, Any]]] = {}  # named config presets, chosen with `--set recipe=NAME`
+    # `harness ablate`: {"variants": {name: overrides}, "tables": [{"title", "rows": [variant], "metrics": [...]}]}
+    ablations: ClassVar[dict[str, Any]] = {}
+    # Set by generative methods once their SIDs exist: item → SID group id. With `TopK.extras["beam_groups"]` the
+    # evaluator then reports SID-level recall, invalid-SID rate and collision-group sizes.
+    item_group: np.ndarray | None = None
 
     def __init__(self, config: dict[str, Any] | None = None):
         self.config = {**copy.deepcopy(self.default_config), **(config or {})}
@@ -176,6 +200,12 @@ class Method:
     def diagnostics(self) -> dict[str, Any]:
         return {}
 
+    def auc_scorers(self) -> dict[str, Callable[..., Any]]:
+        """Scorers of the labelled protocol's AUC, by name ('' → metrics `auc`, `gauc`; NAME → `NAME_auc`, ...).
+        The default is `score`; a plugin may add e.g. its retrieval path. A scorer with the attribute `pairs = True`
+        takes (histories, items per user) and returns one score array per user."""
+        return {"": self.score} if self.has_score() else {}
+
     def parameters_count(self) -> int:
         """Trainable parameters, found on any torch module attribute; a parameter reachable from several attributes
         (a module kept both alone and inside a container of parts) counts once."""
@@ -195,16 +225,6 @@ def check_finite(loss: torch.Tensor, step: int | None = None) -> None:
     if not torch.isfinite(loss).all():
         where = "" if step is None else f" at step {step}"
         raise NonFiniteLoss(f"non-finite loss ({loss.item()}){where}")
-
-
-def pad_histories(histories: Sequence[np.ndarray], max_len: int, offset: int = 1) -> torch.Tensor:
-    """Left-pad the last `max_len` items of each history into `[B, max_len]`, item i stored as i + offset (0 = pad)."""
-    out = torch.zeros(len(histories), max_len, dtype=torch.long)
-    for row, hist in enumerate(histories):
-        tail = np.asarray(hist[-max_len:], dtype=np.int64)
-        if len(tail):
-            out[row, max_len - len(tail):] = torch.from_numpy(tail) + offset
-    return out
 
 
 class EarlyStopping:
@@ -233,7 +253,26 @@ class EarlyStopping:
             module.load_state_dict(self.best_state)
 
 
+# Built-in plugins (modules in `methods/`, decorated with `@register`); `harness.registry` adds the entry points.
+BUILTINS: Registry[type[Method]] = Registry("built-in method")
+
+
+def attach_yaml(cls: type[Method]) -> type[Method]:
+    """Read `<module>.yaml` beside a plugin module: `config`, `search_space`, `recipes` and `ablations`, unless the
+    class sets them itself."""
+    module_file = inspect.getsourcefile(cls)
+    path = Path(module_file).with_suffix(".yaml") if module_file else None
+    if path is not None and path.exists():
+        spec = yaml.safe_load(path.read_text()) or {}
+        for attr, key in (("default_config", "config"), ("search_space", "search_space"), ("recipes", "recipes"),
+                          ("ablations", "ablations")):
+            if not cls.__dict__.get(attr):
+                setattr(cls, attr, dict(spec.get(key) or {}))
+    return cls
+
+
 def register(cls: type[Method]) -> type[Method]:
     """Decorator for built-in plugins (third-party packages use the `harness.methods` entry-point group)."""
-    from harness.registry import register_builtin
-    return register_builtin(cls)
+    if not getattr(cls, "name", ""):
+        raise TypeError(f"{cls.__name__} must set a `name`")
+    return BUILTINS.register()(attach_yaml(cls))

@@ -1,14 +1,17 @@
-"""Configuration helpers: `--set key=value` overrides and budget strings."""
+"""Configuration helpers: `--set key=value` overrides, budget strings, config hashes and the named-entry registry."""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import re
-from typing import Any, Iterable
+from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar
 
 import yaml
 
 from harness.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
@@ -59,22 +62,70 @@ def parse_budget(text: str | None) -> float | None:
     return float(match.group(1)) * _UNITS.get(match.group(2) or "s", 1)
 
 
-def registrar(table: dict[str, Any]):
-    """A class decorator factory: `@kind("name")` sets `cls.name` and files the class in `table`."""
-    def named(name: str):
-        def wrap(cls):
-            cls.name = name
-            table[name] = cls
-            return cls
+class Registry(Generic[T]):
+    """Named entries of one kind (methods, embedders, tokenizers, dataset loaders), the one name → class table.
+
+    `@REGISTRY.register("name")` files a class (and sets its `name`) or a function. The modules that hold an
+    entry are listed in `discover` (module names, or a function that imports them) and imported on the first lookup,
+    so that what is registered never depends on what happened to be imported before.
+    """
+
+    def __init__(self, kind: str, discover: Sequence[str] | Callable[[], None] = (),
+                 error: type[Exception] = ConfigError, hint: str = ""):
+        self.kind = kind
+        self.error = error
+        self.hint = hint  # appended to the unknown-name message, e.g. where to list the names
+        self._discover = discover
+        self._discovered = False
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str | None = None) -> Callable[[T], T]:
+        def wrap(obj: T) -> T:
+            key = name or getattr(obj, "name", "")
+            if not key:
+                raise TypeError(f"{obj!r} needs a name to be registered as a {self.kind}")
+            if name is not None and isinstance(obj, type):
+                obj.name = name
+            self._entries[key] = obj
+            return obj
         return wrap
-    return named
 
+    def remove(self, name: str) -> None:
+        self._entries.pop(name, None)
 
-def make_named(table: dict[str, Any], kind: str, name: str, **options: Any) -> Any:
-    """Instantiate `table[name](**options)` with one clear error for an unknown name or bad options."""
-    if name not in table:
-        raise ConfigError(f"unknown {kind} {name!r}; available: {', '.join(table)}")
-    try:
-        return table[name](**options)
-    except TypeError as exc:
-        raise ConfigError(f"bad options for {kind} {name!r}: {exc}") from None
+    def _ensure(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        if callable(self._discover):
+            self._discover()
+        else:
+            for module in self._discover:
+                importlib.import_module(module)
+
+    def entries(self) -> dict[str, T]:
+        self._ensure()
+        return dict(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.entries()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries())
+
+    def find(self, name: str) -> T | None:
+        return self.entries().get(name)
+
+    def get(self, name: str) -> T:
+        entries = self.entries()
+        if name not in entries:
+            raise self.error(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(entries))}{self.hint}")
+        return entries[name]
+
+    def make(self, name: str, **options: Any) -> Any:
+        """Instantiate the named class with one clear error for an unknown name or bad options."""
+        cls = self.get(name)
+        try:
+            return cls(**options)
+        except TypeError as exc:
+            raise ConfigError(f"bad options for {self.kind} {name!r}: {exc}") from None

@@ -23,3 +23,7 @@ class NonFiniteLoss(Exception):
 
 class RunPruned(Exception):
     """Raised from a validation hook (e.g. an Optuna pruner) to stop a run early; recorded as `pruned`."""
+
+
+class EvaluationError(Exception):
+    """The method's output cannot be evaluated (NaN scores, wrong shape): the plugin's fault, recorded as `failed`."""

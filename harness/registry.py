@@ -1,4 +1,5 @@
-"""Method plugins by name: built-ins (decorated modules in `methods/`) and third-party entry points.
+"""Method plugins by name: built-ins (modules in `methods/`, decorated with `harness.api.register`) and third-party
+entry points.
 
 Third-party packages declare, in their pyproject:
 
@@ -8,57 +9,38 @@ Third-party packages declare, in their pyproject:
 from __future__ import annotations
 
 import importlib
-import inspect
 import logging
 import pkgutil
 from importlib.metadata import entry_points
-from pathlib import Path
 
-import yaml
-
+import methods
+from harness.api import BUILTINS, Method, attach_yaml
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "harness.methods"
 
-_BUILTINS: dict[str, type] = {}
-
-
-def attach_yaml(cls: type) -> type:
-    """Read `<module>.yaml` beside a plugin module: `config`, `search_space`, `recipes` and `ablations`."""
-    module_file = inspect.getsourcefile(cls)
-    if module_file:
-        path = Path(module_file).with_suffix(".yaml")
-        if path.exists():
-            spec = yaml.safe_load(path.read_text()) or {}
-            if not cls.__dict__.get("default_config"):
-                cls.default_config = dict(spec.get("config") or {})
-            if not cls.__dict__.get("search_space"):
-                cls.search_space = dict(spec.get("search_space") or {})
-            if not cls.__dict__.get("recipes"):
-                cls.recipes = dict(spec.get("recipes") or {})
-            if not cls.__dict__.get("ablations"):
-                cls.ablations = dict(spec.get("ablations") or {})
-    return cls
-
-
-def register_builtin(cls: type) -> type:
-    if not getattr(cls, "name", ""):
-        raise TypeError(f"{cls.__name__} must set a `name`")
-    _BUILTINS[cls.name] = attach_yaml(cls)
-    return cls
-
 
 def _load_builtins() -> None:
-    import methods
+    """Import every module of the `methods` package: each registers its plugin through `@register`."""
     for info in pkgutil.iter_modules(methods.__path__):
         importlib.import_module(f"methods.{info.name}")
 
 
-def available() -> dict[str, type]:
-    """All plugins by name. Built-ins win over an entry point of the same name (which is reported)."""
+def register_builtin(cls: type[Method]) -> type[Method]:
+    """File a class as a built-in (what `@register` does), e.g. a test-only plugin; `unregister` takes it back."""
+    return BUILTINS.register()(attach_yaml(cls))
+
+
+def unregister(name: str) -> None:
+    BUILTINS.remove(name)
+
+
+def available() -> dict[str, type[Method]]:
+    """All plugins by name. Built-ins win over an entry point of the same name (which is reported). Entry points are
+    read on every call, so a package installed meanwhile is found."""
     _load_builtins()
-    found = dict(_BUILTINS)
+    found = BUILTINS.entries()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in found:
             log.warning("entry point %s=%s ignored: a built-in method has that name", ep.name, ep.value)
@@ -72,9 +54,9 @@ def available() -> dict[str, type]:
     return found
 
 
-def get(name: str) -> type:
-    methods = available()
-    if name not in methods:
-        raise HarnessError(f"unknown method {name!r}; available: {', '.join(sorted(methods))} "
+def get(name: str) -> type[Method]:
+    found = available()
+    if name not in found:
+        raise HarnessError(f"unknown method {name!r}; available: {', '.join(sorted(found))} "
                            f"(see `harness methods`)")
-    return methods[name]
+    return found[name]

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.api import Budget, Method, TrainView, pad_histories, register
+from harness.engines.training import train_with_validation
+from harness.features import item_features
 from harness.nn.causal_encoder import CausalSequenceEncoder, length_bucketed_batches, next_item_pairs
-from harness.nn.item_tower import ItemTower, item_features
+from harness.nn.item_tower import ItemTower
 from harness.nn.sampled_softmax import NegativeSampler, sampled_softmax_loss
-from harness.nn.training import train_with_validation
 
 
 class TwoTower(nn.Module):

@@ -34,8 +34,8 @@ from torch import nn
 from harness.api import Budget, ExposureHistory, Method, TopK, TrainView, register
 from harness.features.cross import (CROSS_FEATURES, candidate_queries, cross_features, exposures_from_sequences,
                                     feature_priors)
+from harness.engines.training import train_with_validation
 from harness.nn.ranker import Mixer
-from harness.nn.training import train_with_validation
 from harness.sid.ema_rq import AddressingQuantizer
 
 N_CROSS = len(CROSS_FEATURES)

@@ -27,8 +27,8 @@ from torch import nn
 from tqdm import tqdm
 
 from harness.api import Budget, TrainView, check_finite, register
+from harness.engines.generative import GenerativeRetrieval, training_samples
 from harness.errors import HarnessError
-from harness.nn.generative import GenerativeRetrieval, training_samples
 from harness.nn.transformer import SIDTransformer
 from harness.sid import build_table
 from harness.sid.tokenizers import RQVAEModel, standardise

@@ -5,7 +5,7 @@ group in beam order, accumulating items until the candidate budget. Items of one
 model, so they share the SID's beam score (and count as ties in evaluation).
 """
 from harness.api import register
-from harness.nn.generative import GenerativeRetrieval
+from harness.engines.generative import GenerativeRetrieval
 
 
 @register

@@ -1,7 +1,7 @@
 """Resolved generative retrieval (Gryphon §4.1.2): an extra token makes every SID unique (TIGER-style), with smaller
 codebooks (2 × 1024), so each generated SID names exactly one item."""
 from harness.api import register
-from harness.nn.generative import GenerativeRetrieval
+from harness.engines.generative import GenerativeRetrieval
 
 
 @register

@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.api import TopK, TrainView, register
+from harness.engines.generative import GenerativeRetrieval
 from harness.errors import ConfigError
+from harness.features import item_features
 from harness.nn.beam import beam_search
-from harness.nn.generative import GenerativeRetrieval
-from harness.nn.item_tower import ItemTower, item_features
+from harness.nn.item_tower import ItemTower
 from harness.nn.sampled_softmax import NegativeSampler, sampled_softmax_loss
 from harness.nn.transformer import Attention, ModelShape
 

@@ -6,7 +6,7 @@ Sinkhorn-balanced codes on the last level (4 × 256 in the paper). Generator, tr
 handling (dedup token) are TIGER's, shared through `GenerativeRetrieval`.
 """
 from harness.api import register
-from harness.nn.generative import GenerativeRetrieval
+from harness.engines.generative import GenerativeRetrieval
 
 
 @register

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.api import Budget, Method, TrainView, pad_histories, register
+from harness.engines.training import train_with_validation
 from harness.nn.causal_encoder import SASRecNet, length_bucketed_batches, next_item_pairs
-from harness.nn.training import train_with_validation
 
 
 @register

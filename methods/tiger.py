@@ -7,7 +7,7 @@ Named recipes: `--set recipe=paper` (the default above) and `--set recipe=grid` 
 3 × 256, no user token, Adam 5e-4, weight decay 1e-6, patience 10).
 """
 from harness.api import register
-from harness.nn.generative import GenerativeRetrieval
+from harness.engines.generative import GenerativeRetrieval
 
 
 @register

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 
 from harness import registry
-from harness.data.cards import PROJECT_ROOT
-from harness.protocol import RunSpec
-from harness.store import RunStore
+from harness.board.store import RunStore
+from harness.paths import SHARED_DATASETS
+from harness.run.spec import RunSpec
 
-SHARED = PROJECT_ROOT.parent / "shared" / "datasets"
+SHARED = SHARED_DATASETS
 # Small synthetic data so a full SASRec run takes seconds.
 TINY = {"n_users": 300, "n_items": 120, "n_topics": 4}
 
@@ -41,7 +41,7 @@ def plugin():
         return cls
     yield add
     for name in added:
-        registry._BUILTINS.pop(name, None)
+        registry.unregister(name)
 
 
 def run_two_workers(target, args_per_worker, timeout: float = 300) -> None:

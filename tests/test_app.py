@@ -6,8 +6,8 @@ import pytest
 pytest.importorskip("streamlit", reason="the `app` extra is not installed")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from harness.results import export_board, load_results  # noqa: E402
-from harness.tables import leaderboard_rows, render  # noqa: E402
+from harness.board.results import export_board, load_results  # noqa: E402
+from harness.board.tables import leaderboard_rows, render  # noqa: E402
 from test_boards import board  # noqa: E402,F401  (fixture: pop and a noisy pop, 3 seeds each, smoke track)
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")

@@ -1,9 +1,9 @@
 """Board rows: a rerun seed counts once, and stored tokenizer reports compare side by side."""
 from __future__ import annotations
 
-from harness.cli import main
-from harness.results import ResultSet
-from harness.tables import tokenizer_rows
+from harness.board.results import ResultSet
+from harness.board.tables import tokenizer_rows
+from harness.cli.main import main
 
 
 def _record(run_id, method, seed, recall, report=None, overrides=None):
@@ -53,14 +53,14 @@ def test_seed_lists_and_counts():
     import pytest
 
     from harness.errors import ConfigError
-    from harness.multiseed import parse_seeds
+    from harness.studies.seeds import parse_seeds
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("0,") == [0] and parse_seeds("4,7") == [4, 7]
     with pytest.raises(ConfigError, match="at least 1"):
         parse_seeds("0")  # a count of none is a mistake, not an empty run
 
 
 def test_rows_without_per_user_terms_are_decided_by_their_seeds():
-    from harness.stats import MethodResults, compare_to_best
+    from harness.board.stats import MethodResults, compare_to_best
     rows = compare_to_best([MethodResults("a", [0.76, 0.761, 0.762], None),
                             MethodResults("b", [0.70, 0.701, 0.699], None),
                             MethodResults("c", [0.7595, 0.7605, 0.761], None)])

@@ -7,13 +7,13 @@ import torch
 
 from conftest import TINY
 from harness.api import Method
-from harness.cli import main
-from harness.multiseed import run_seeds
-from harness.protocol import RunSpec
-from harness.results import export_board, load_results
-from harness.stats import paired
-from harness.store import RunStore
-from harness.tables import compare_rows, leaderboard_rows, render
+from harness.board.results import export_board, load_results
+from harness.board.stats import paired
+from harness.board.store import RunStore
+from harness.board.tables import compare_rows, leaderboard_rows, render
+from harness.cli.main import main
+from harness.run.spec import RunSpec
+from harness.studies.seeds import run_seeds
 
 
 class NoisyPop(Method):

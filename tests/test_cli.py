@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from conftest import needs_shared
-from harness.cli import main
-from harness.store import RunStore
-from test_protocol import Raiser
+from harness.board.store import RunStore
+from harness.cli.main import main
+from test_referee import Raiser
 
 
 def run_cli(capsys, *argv):
@@ -28,7 +28,7 @@ def one_error_line(err: str) -> str:
 
 @pytest.mark.parametrize("argv", [[], ["run"], ["datasets"], ["datasets", "show"], ["datasets", "fetch"], ["methods"]])
 def test_help_everywhere(argv):
-    result = subprocess.run([sys.executable, "-m", "harness.cli", *argv, "--help"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "harness", *argv, "--help"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and "usage: harness" in result.stdout
 

@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from harness.api import Budget, TrainView
-from harness.protocol import RunSpec, prepare, run
+from harness.data.interactions import TrainInteractions
+from harness.run.referee import prepare, run
+from harness.run.spec import RunSpec
+from harness.sid import semantic_ids
 from harness.sid.ema_rq import AddressingQuantizer
 from methods.dig import DIG, balanced_tree_codes, bucket_means
 
@@ -26,7 +29,8 @@ def _fitted(config: dict | None = None, epochs: int = 1):
     split, data = prepared.split, prepared.dataset
     view = TrainView(split.train_sequences, data.n_items, data.items, data.text_fields, lambda m: {"ndcg@10": 0.0},
                      torch.device("cpu"), 0, Path("/nonexistent"), data.name, exposures=split.train_exposures,
-                     users=data.users, protocol=split.protocol)
+                     users=data.users, protocol=split.protocol,
+                     interactions=TrainInteractions.from_split(split, data.n_items), sid_provider=semantic_ids)
     method = DIG({**prepared.config, **TINY_DIG, "epochs": epochs, "patience": 100, **(config or {})})
     method.fit(view, Budget(None, epochs))
     return method, split
@@ -184,8 +188,8 @@ def test_ablation_switches():
 
 
 def test_ablate_runs_variants_seed_by_seed_and_prints_the_tables(tmp_path, capsys):
-    from harness.cli import main
-    from harness.store import RunStore
+    from harness.cli.main import main
+    from harness.board.store import RunStore
     args = ["ablate", "--method", "dig", "--dataset", "synthetic-labelled", "--protocol", "labelled", "--seeds", "2",
             "--epochs", "1", "--variants", "DIG,Base", "--data-set", "n_users=120", "--data-set", "n_items=60",
             "--set", "width=4", "--set", "dim=8", "--set", "hidden=16", "--jobs", "1",

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.evaluate import (EvaluationError, metrics_from_ranks, ranks_from_scores, ranks_from_topk)
+from harness.errors import EvaluationError
+from harness.metrics import metrics_from_ranks, ranks_from_scores, ranks_from_topk
 
 KS = (1, 3, 5, 10)
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from harness.engines.generative import SIDResolver, training_samples
 from harness.nn.beam import beam_search
-from harness.nn.generative import SIDResolver, training_samples
 from harness.nn.transformer import ModelShape, SIDTransformer
 from harness.sid import PrefixTrie, build_table
 
@@ -93,7 +93,7 @@ SMALL = dict(embedder="tfidf-svd", tokenizer="rkmeans", width=8, d_model=64, hea
 @pytest.mark.parametrize("method, extra", [("tiger", {"user_buckets": 50}), ("gr", {}),
                                            ("gr-resolved", {"levels": 2, "width": 16})])
 def test_generative_methods_beat_pop_on_synthetic(method, extra, tiny_spec, store, tmp_path, monkeypatch):
-    from harness.protocol import run
+    from harness.run.referee import run
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
     pop = run(tiny_spec("pop", ks=[10]), store)
     record = run(tiny_spec(method, ks=[10], overrides={**SMALL, **extra}), store)

@@ -59,7 +59,7 @@ SMALL_GR = dict(embedder="tfidf-svd", tokenizer="rkmeans", width=8, d_model=64, 
 
 
 def test_argus_beats_pop_on_synthetic(tiny_spec, store):
-    from harness.protocol import run
+    from harness.run.referee import run
     pop = run(tiny_spec("pop", ks=[10]), store)
     record = run(tiny_spec("argus", ks=[10], overrides={"epochs": 20, "patience": 3}), store)
     assert record["status"] == "ok", record["failure"]
@@ -67,8 +67,8 @@ def test_argus_beats_pop_on_synthetic(tiny_spec, store):
 
 
 def test_gryphon_beats_pop_and_reports_the_three_views(tiny_spec, store, tmp_path, monkeypatch):
-    from harness.protocol import run
-    from harness.tables import pool_views
+    from harness.run.referee import run
+    from harness.board.tables import pool_views
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
     pop = run(tiny_spec("pop", ks=[10]), store)
     record = run(tiny_spec("gryphon", ks=[10], overrides=SMALL_GR), store)
@@ -82,7 +82,8 @@ def test_gryphon_beats_pop_and_reports_the_three_views(tiny_spec, store, tmp_pat
 
 
 def test_gryphon_item_scorer_gives_auc_on_the_labelled_protocol(store, tmp_path, monkeypatch):
-    from harness.protocol import RunSpec, run
+    from harness.run.referee import run
+    from harness.run.spec import RunSpec
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
     record = run(RunSpec(method="gryphon", dataset="synthetic-labelled", dataset_options={"n_users": 200, "n_items": 60},
                          protocol={"name": "labelled"}, overrides={**SMALL_GR, "epochs": 4, "eval_every": 4},
@@ -96,7 +97,7 @@ def test_item_scorer_separates_items_that_share_a_sid(tiny_spec, store, tmp_path
     """2 x 4 codebooks for 120 items: ~8 items per SID on purpose. Beam likelihood cannot order items inside a
     group (they tie), the item-level scorer can: on the same pool its ranking must be at least as good. The beam
     (1000) is larger than the number of SIDs, so empty beam slots must not count as invalid SIDs."""
-    from harness.protocol import run
+    from harness.run.referee import run
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
     overrides = {**SMALL_GR, "levels": 2, "width": 4, "beam": 1000, "epochs": 16, "eval_every": 16}
     record = run(tiny_spec("gryphon", ks=[10], overrides=overrides), store)

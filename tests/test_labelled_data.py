@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY
-from harness.cli import main
+from harness.cli.main import main
 from harness.data import data_root, load, load_card
 from harness.data.cards import fetch
 from harness.data.dataset import build_dataset

@@ -6,14 +6,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from harness.cli import main
+from harness.board.results import load_results
+from harness.cli.main import main
 from harness.data import load, make_split
 from harness.data.labelled import labelled_split
 from harness.errors import DataError
-from harness.evaluate_labelled import auc, log_loss, retrieval_metrics
 from harness.features.cross import AFTER_ALL, CROSS_FEATURES, candidate_queries, cross_features
-from harness.protocol import RunSpec, run
-from harness.results import load_results
+from harness.metrics import auc, log_loss, retrieval_metrics
+from harness.run.referee import run
+from harness.run.spec import RunSpec
 
 SMALL = {"n_users": 200, "n_items": 120}
 
@@ -134,7 +135,7 @@ def test_every_score_method_gets_auc_on_the_labelled_protocol(store, tmp_path):
     assert {"auc", "recall@10"} <= set(per_user)
     assert len(per_user["auc"]) == records["pop"]["eval"]["users"]
     # published boards keep the per-user metrics, so paired tests work from them alone
-    from harness.results import export_board
+    from harness.board.results import export_board
     export_board(results, "labelled-test", "synthetic-labelled", tmp_path / "boards", "table")
     published = load_results(track="labelled-test", dataset="synthetic-labelled", leaderboards_dir=tmp_path / "boards")
     again = published.per_user(published.records[0])
@@ -169,7 +170,7 @@ def test_evaluator_gauc_and_auc_against_scikit_learn_per_user():
 
     from harness.api import Method
     from harness.data.labelled import ExposureHistory, LabelledPart
-    from harness.evaluate_labelled import evaluate_labelled
+    from harness.run.evaluate_labelled import evaluate_labelled
     rng = np.random.default_rng(3)
     n_items, n_users = 30, 12
     table = rng.normal(size=(n_users, n_items)).round(1)  # ties included

@@ -4,10 +4,11 @@ import pytest
 
 from conftest import TINY
 from harness.data import leave_one_out, load
+from harness.data.interactions import TrainInteractions
+from harness.data.split import EvalPart, Split
 from harness.errors import HarnessError
 from harness.features import embed_items
 from harness.features.collaborative import train_item_embeddings
-from harness.sid.interactions import TrainInteractions
 from harness.sid.tokenizers import make_tokenizer
 
 CF = dict(dim=16, blocks=1, epochs=3, seed=0)
@@ -42,7 +43,8 @@ def co_consumed_catalogue(n_groups=8, per_group=8, users=400, seed=0):
 
 def test_cf_loss_puts_co_consumed_items_on_shared_codes():
     group, sequences, text = co_consumed_catalogue()
-    interactions = TrainInteractions._make(sequences, len(group))
+    nobody = EvalPart(np.zeros(0, np.int64), [], np.zeros(0, np.int64))  # every sequence is training data here
+    interactions = TrainInteractions.from_split(Split("", {}, sequences, nobody, nobody), len(group))
     cf = train_item_embeddings(interactions, dim=16, blocks=1, epochs=20, seed=0)
     same = (group[:, None] == group[None, :]) & ~np.eye(len(group), dtype=bool)
 
@@ -58,7 +60,7 @@ def test_cf_loss_puts_co_consumed_items_on_shared_codes():
 
 
 def test_letter_beats_pop_on_synthetic(tiny_spec, store, tmp_path, monkeypatch):
-    from harness.protocol import run
+    from harness.run.referee import run
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
     small = dict(embedder="tfidf-svd", levels=3, width=8, d_model=64, heads=2, d_head=32, d_ff=128, enc_layers=2,
                  dec_layers=2, max_history=8, lr=0.003, warmup_steps=10, epochs=12, eval_every=12, beam=10,
@@ -74,7 +76,7 @@ def test_letter_beats_pop_on_synthetic(tiny_spec, store, tmp_path, monkeypatch):
 
 
 def test_etegrec_beats_pop_and_counts_its_code_recomputations(tiny_spec, store, tmp_path, monkeypatch):
-    from harness.protocol import run
+    from harness.run.referee import run
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
     small = dict(width=8, counter_width=32, d_model=64, heads=2, d_head=32, d_ff=128, enc_layers=2, dec_layers=2,
                  max_history=8, lr=0.003, epochs=15, patience=15, beam=10, dropout=0.0, align_warmup=2,

@@ -9,10 +9,10 @@ import tomllib
 import pytest
 
 from harness import registry
-from harness.cli import main
+from harness.cli.main import main
 from harness.errors import HarnessError
-from harness.scaffold import scaffold
-from harness.validate_plugin import validate
+from harness.plugins.scaffold import scaffold
+from harness.plugins.validate import validate_plugin
 from plugins_gallery import BROKEN, Honest, OutOfCatalogue
 
 
@@ -22,7 +22,7 @@ def failing(report):
 
 def test_an_honest_plugin_passes_every_check(plugin):
     plugin(Honest)
-    report = validate(Honest.name)
+    report = validate_plugin(Honest.name)
     assert report.passed, report.render()
     assert {c.name: c.status for c in report.checks if c.status != "pass"} == {"agreement": "skip"}  # no score()
     assert report.check("cost").details["latency"]["p50_ms"] > 0 and report.check("cost").details["memory"]
@@ -32,7 +32,7 @@ def test_an_honest_plugin_passes_every_check(plugin):
 def test_each_broken_plugin_fails_naming_its_problem(cls, plugin):
     expected, words = BROKEN[cls]
     plugin(cls)
-    report = validate(cls.name)
+    report = validate_plugin(cls.name)
     assert not report.passed
     assert failing(report) == expected, report.render()
     assert any(words in c.reason for c in report.checks if c.name in expected), report.render()
@@ -40,7 +40,7 @@ def test_each_broken_plugin_fails_naming_its_problem(cls, plugin):
 
 @pytest.mark.parametrize("name", ["pop", "itemknn"])
 def test_builtin_and_example_plugins_pass(name):
-    report = validate(name)
+    report = validate_plugin(name)
     assert report.passed, report.render()
     assert report.plugin["source_hash"] and report.plugin["package"]
 
@@ -49,7 +49,7 @@ def test_builtin_and_example_plugins_pass(name):
 def test_every_builtin_passes():
     """Minutes on a CPU: the generative methods train a transformer four times."""
     builtins = [name for name, cls in registry.available().items() if cls.__module__.startswith("methods.")]
-    reports = [validate(name) for name in sorted(builtins)]
+    reports = [validate_plugin(name) for name in sorted(builtins)]
     assert all(r.passed for r in reports), "\n\n".join(r.render() for r in reports if not r.passed)
 
 
@@ -69,7 +69,7 @@ def test_cli_exit_codes_and_json_report(plugin, capsys, tmp_path):
 
 def test_the_example_plugin_is_installed_and_listed():
     """`make setup` installs examples/itemknn; the harness finds it through its entry point only."""
-    listing = subprocess.run([sys.executable, "-m", "harness.cli", "methods"], capture_output=True, text=True,
+    listing = subprocess.run([sys.executable, "-m", "harness", "methods"], capture_output=True, text=True,
                              timeout=120)
     assert listing.returncode == 0, listing.stderr
     line = next((l for l in listing.stdout.splitlines() if l.startswith("itemknn ")), None)

@@ -26,9 +26,9 @@ def _free_port() -> int:
 
 
 def _worker(storage, runs_dir, seed):
-    from harness.protocol import RunSpec
-    from harness.store import RunStore
-    from harness.tune import tune
+    from harness.run.spec import RunSpec
+    from harness.board.store import RunStore
+    from harness.studies.tune import tune
     spec = RunSpec(method="sasrec", dataset="synthetic", dataset_options=dict(TINY), track="smoke",
                    overrides={"epochs": 2, "patience": 2}, latency_users=5)
     tune(spec, trials=4, store=RunStore(runs_dir=runs_dir), storage=storage, name="pg-shared", sampler_seed=seed)

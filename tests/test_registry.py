@@ -52,11 +52,11 @@ def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
 def test_entry_point_plugin_runs_and_is_listed_by_the_cli(tmp_path):
     install_dummy_package(tmp_path)
     env_path = f"{tmp_path}"
-    listing = subprocess.run([sys.executable, "-m", "harness.cli", "methods"], capture_output=True, text=True,
+    listing = subprocess.run([sys.executable, "-m", "harness", "methods"], capture_output=True, text=True,
                              env={"PYTHONPATH": env_path, "PATH": ""}, timeout=120)
     assert listing.returncode == 0, listing.stderr
     assert "dummy-ep" in listing.stdout and "item_text" in listing.stdout
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--method", "dummy-ep", "--data-set",
+    result = subprocess.run([sys.executable, "-m", "harness", "run", "--method", "dummy-ep", "--data-set",
                              "n_users=100", "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True,
                             env={"PYTHONPATH": env_path, "PATH": ""}, timeout=120)
     assert result.returncode == 0, result.stderr

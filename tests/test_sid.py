@@ -8,7 +8,8 @@ import torch
 from conftest import TINY
 from harness.data import leave_one_out, load
 from harness.features import embed_items
-from harness.sid import PrefixTrie, TrainInteractions, build_table, fit_codes, semantic_ids, sid_report
+from harness.data.interactions import TrainInteractions
+from harness.sid import PrefixTrie, build_table, fit_codes, semantic_ids, sid_report
 from harness.sid.tokenizers import make_tokenizer
 
 
@@ -146,7 +147,7 @@ def test_interaction_signals_only_come_from_training_data():
 
 
 def test_sids_report_cli_prints_and_stores(tmp_path, capsys):
-    from harness.cli import main
+    from harness.cli.main import main
     code = main(["sids", "report", "--dataset", "synthetic", "--levels", "2", "--width", "8", "--embedder-set",
                  "dim=16", "--runs-dir", str(tmp_path)])
     out = capsys.readouterr().out

@@ -4,7 +4,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from harness.stats import MethodResults, compare_to_best, correct, paired, seed_summary, welch
+from harness.board.stats import MethodResults, compare_to_best, correct, paired, seed_summary, welch
 
 
 def test_seed_summary_is_a_t_interval():

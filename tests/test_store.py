@@ -6,8 +6,9 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from conftest import TINY
-from harness.protocol import RunSpec, run
-from harness.store import RunStore
+from harness.board.store import RunStore
+from harness.run.referee import run
+from harness.run.spec import RunSpec
 
 
 def _write_many(args):

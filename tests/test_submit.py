@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
-from harness.results import LEADERBOARDS_DIR, load_results
-from harness.submit import SubmissionError, publish, read_bundle, reproduce, submit
-from harness.tables import leaderboard_rows
+from harness.board.results import LEADERBOARDS_DIR, load_results
+from harness.board.tables import leaderboard_rows
+from harness.cli.main import main
+from harness.plugins.submit import SubmissionError, publish, read_bundle, reproduce, submit
 from plugins_gallery import WrongShape
 
 EXAMPLE = LEADERBOARDS_DIR / "submissions" / "itemknn-smoke"

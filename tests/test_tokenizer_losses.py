@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from harness.api import Budget, TrainView
-from harness.protocol import RunSpec, prepare
+from harness.data.interactions import TrainInteractions
+from harness.run.referee import prepare
+from harness.run.spec import RunSpec
+from harness.sid import semantic_ids
 from harness.sid.letter import LETTER, CodeClusters, cf_loss, sinkhorn_codes, sinkhorn_plan
 from harness.sid.tokenizers import ResidualQuantizer
 from methods.etegrec import ETEGRec, level_distributions, symmetric_info_nce, symmetric_kl
@@ -162,7 +165,8 @@ def _fitted_etegrec(epochs: int, monkeypatch=None, on_epoch=None):
     prepared = prepare(spec)
     split, data = prepared.split, prepared.dataset
     view = TrainView(split.train_sequences, data.n_items, data.items, data.text_fields, lambda m: {"ndcg@10": 0.0},
-                     torch.device("cpu"), 0, Path("/nonexistent"), data.name)
+                     torch.device("cpu"), 0, Path("/nonexistent"), data.name,
+                     interactions=TrainInteractions.from_split(split, data.n_items), sid_provider=semantic_ids)
     method = ETEGRec({**prepared.config, **TINY_ETEGREC, "epochs": epochs})
     if on_epoch is not None:
         monkeypatch.setattr(ETEGRec, "train_epoch", on_epoch(ETEGRec.train_epoch))

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from conftest import TINY, run_two_workers
-from harness import protocol
+from harness.run import referee
 from harness.api import Method
-from harness.multiseed import run_seeds
-from harness.protocol import RunSpec
-from harness.store import RunStore
-from harness.tune import best_spec, tune
+from harness.board.store import RunStore
+from harness.run.spec import RunSpec
+from harness.studies.seeds import run_seeds
+from harness.studies.tune import best_spec, tune
 
 QUICK = {"epochs": 3, "patience": 2}
 
@@ -28,12 +28,12 @@ def smoke_spec(method="sasrec", **kwargs):
 
 def test_tuning_never_touches_test_targets(tmp_path, monkeypatch):
     calls = []
-    real = protocol.evaluate_method
+    real = referee.evaluate_method
 
     def spy(method, histories, targets, *args, desc="evaluate", **kwargs):
         calls.append(desc)
         return real(method, histories, targets, *args, desc=desc, **kwargs)
-    monkeypatch.setattr(protocol, "evaluate_method", spy)
+    monkeypatch.setattr(referee, "evaluate_method", spy)
     store = RunStore(runs_dir=tmp_path / "runs")
     study = tune(smoke_spec(), trials=3, store=store, metric="ndcg@10")
     assert len(study.trials) == 3 and "test" not in calls and "validate" in calls
@@ -116,7 +116,7 @@ def test_killing_a_multi_seed_run_leaves_only_finished_ok_records(tmp_path):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: slow-plugin\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[harness.methods]\nslow-ep = slow_plugin:Slow\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    cmd = [sys.executable, "-m", "harness.cli", "run", "--method", "slow-ep", "--seeds", "4", "--jobs", "1",
+    cmd = [sys.executable, "-m", "harness", "run", "--method", "slow-ep", "--seeds", "4", "--jobs", "1",
            "--data-set", "n_users=100", "--runs-dir", str(tmp_path / "runs")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

@@ -1,8 +1,9 @@
-"""Data: dataset cards → verified files → canonical tables → the common split."""
+"""Data: dataset cards → verified files → canonical tables → the split of a protocol."""
 from harness.data.cards import Card, data_root, load_card
 from harness.data.dataset import Dataset
 from harness.data.loaders import load_dataset
-from harness.data.split import Split, leave_one_out, make_split
+from harness.data.protocols import make_split
+from harness.data.split import Split, leave_one_out
 
 
 def load(name: str, data_dir=None, **options) -> Dataset:

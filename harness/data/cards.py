@@ -14,9 +14,8 @@ import yaml
 from tqdm import tqdm
 
 from harness.errors import DataError, HarnessError
+from harness.paths import CARDS_DIR, SHARED_DATASETS
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CARDS_DIR = PROJECT_ROOT / "datasets"
 # Pinned upstream files are raw files of public GitHub repositories at a fixed commit.
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com"
 
@@ -95,9 +94,8 @@ def data_root(explicit: str | Path | None = None) -> Path:
         return Path(explicit).expanduser().resolve()
     if os.environ.get("HARNESS_DATA_DIR"):
         return Path(os.environ["HARNESS_DATA_DIR"]).expanduser().resolve()
-    shared = PROJECT_ROOT.parent / "shared" / "datasets"
-    if shared.is_dir():
-        return shared
+    if SHARED_DATASETS.is_dir():
+        return SHARED_DATASETS
     return Path("~/.cache/gr-harness").expanduser()
 
 

@@ -3,11 +3,14 @@ where the source has them, users (id, categorical features)."""
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+
+from harness.errors import HarnessError
 
 
 @dataclass
@@ -122,3 +125,19 @@ def densify(raw_users: pd.Series, raw_items: pd.Series) -> tuple[np.ndarray, np.
     user_codes, user_ids = pd.factorize(raw_users, sort=False)
     item_codes, item_ids = pd.factorize(raw_items, sort=False)
     return user_codes, item_codes, np.asarray(user_ids), np.asarray(item_ids)
+
+
+def compute_split_id(dataset: Dataset, protocol: dict[str, Any]) -> str:
+    """sha256 of the canonical data and the protocol parameters: the same on every machine and from every path to the
+    same bytes, different whenever the data or the protocol differ (DESIGN §4.1)."""
+    payload = json.dumps({"data": dataset.fingerprint(), "protocol": protocol}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def item_texts(items: pd.DataFrame, fields: Sequence[str]) -> list[str]:
+    """The dataset card's text fields, joined per item ("title. brand. categories")."""
+    present = [f for f in fields if f in items.columns]
+    if not present:
+        raise HarnessError(f"none of the text fields {list(fields)} is in the item table ({list(items.columns)})")
+    columns = [items[f].fillna("").astype(str).tolist() for f in present]
+    return [". ".join(v for v in values if v.strip()) for values in zip(*columns)]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.data.dataset import Dataset
+from harness.data.dataset import Dataset, compute_split_id
 from harness.errors import ConfigError, DataError
 
 LABELLED_DEFAULTS: dict[str, Any] = {
@@ -155,7 +155,6 @@ def _part(block: pd.DataFrame, known: pd.DataFrame, users: np.ndarray) -> Labell
 
 def labelled_split(dataset: Dataset, protocol: dict[str, Any] | None = None) -> LabelledSplit:
     """Users with fewer than valid + test + min_train exposures keep them all for training and are not evaluated."""
-    from harness.data.split import compute_split_id
     card_threshold = (dataset.meta.get("labels") or {}).get("threshold")  # the card's `labels:` section
     protocol = resolve_labelled({**({"threshold": card_threshold} if card_threshold is not None else {}),
                                  **(protocol or {})})

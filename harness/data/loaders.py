@@ -11,29 +11,26 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from harness.config import Registry
 from harness.data.cards import Card, data_root, verified_paths
 from harness.data.dataset import Dataset, build_dataset, densify
 from harness.data.synthetic import generate_synthetic
 from harness.errors import DataError
 
-LOADERS: dict[str, Callable[[Card, dict[str, Path], dict], Dataset]] = {}
-
-
-def loader(fmt: str):
-    def wrap(fn):
-        LOADERS[fmt] = fn
-        return fn
-    return wrap
+# One loader per upstream format: (card, verified file paths by role, options) → Dataset.
+LOADERS: Registry[Callable[[Card, dict[str, Path], dict], Dataset]] = Registry("dataset format", error=DataError)
+loader = LOADERS.register  # @loader("format") registers a function under that format name
 
 
 def load_dataset(card: Card, data_dir: str | Path | None = None, **overrides) -> Dataset:
     """Verify the card's files (sha256) and load them into canonical tables."""
     if card.format not in LOADERS:
-        raise DataError(f"dataset card {card.name!r} names unknown format {card.format!r}; known: {', '.join(LOADERS)}")
+        raise DataError(f"dataset card {card.name!r} names unknown format {card.format!r}; "
+                        f"known: {', '.join(LOADERS)}")
     paths = verified_paths(card, data_root(data_dir)) if card.files else {}
     options = {**card.options, **overrides}
     try:
-        dataset = LOADERS[card.format](card, paths, options)
+        dataset = LOADERS.get(card.format)(card, paths, options)
     except (ValueError, KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"dataset {card.name!r}: could not parse its files ({type(exc).__name__}: {exc})") from None
     dataset.meta.setdefault("card", card.name)

@@ -1,30 +1,26 @@
-"""The common split: leave-one-out per user (last item = test, second-to-last = validation, the rest = train).
+"""The common split, the default protocol: leave-one-out per user (last item = test, second-to-last = validation,
+the rest = train).
 
 `split_id` = sha256 of the canonical data fingerprint and the protocol parameters, so it is the same on every
 machine and from every path to the same bytes, and differs whenever the data or the protocol differ.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from harness.data.dataset import Dataset
+from harness.data.dataset import Dataset, compute_split_id
 from harness.errors import ConfigError
 
 DEFAULT_PROTOCOL: dict[str, Any] = {"name": "leave-one-out", "exclude_history": False}
 
 
-PROTOCOLS = ("leave-one-out", "labelled")
-
-
 def resolve_protocol(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     protocol = {**DEFAULT_PROTOCOL, **(overrides or {})}
     if protocol["name"] != "leave-one-out":
-        raise ConfigError(f"unknown protocol {protocol['name']!r}; available: {', '.join(PROTOCOLS)}")
+        raise ConfigError(f"protocol {protocol['name']!r} is not leave-one-out (see harness.data.protocols)")
     unknown = set(protocol) - set(DEFAULT_PROTOCOL)
     if unknown:
         raise ConfigError(f"unknown protocol parameter(s) {sorted(unknown)}; known: {sorted(DEFAULT_PROTOCOL)}")
@@ -50,11 +46,6 @@ class Split:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def compute_split_id(dataset: Dataset, protocol: dict[str, Any]) -> str:
-    payload = json.dumps({"data": dataset.fingerprint(), "protocol": protocol}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
 def leave_one_out(dataset: Dataset, protocol: dict[str, Any] | None = None) -> Split:
     """Users with fewer than 3 interactions keep them all for training and are not evaluated."""
     protocol = resolve_protocol(protocol)
@@ -78,12 +69,3 @@ def leave_one_out(dataset: Dataset, protocol: dict[str, Any] | None = None) -> S
         test=EvalPart(users.copy(), test_hist, np.array(test_targets, dtype=np.int64)),
         counts={"train_interactions": int(sum(len(s) for s in train)), "evaluated_users": len(users)},
     )
-
-
-def make_split(dataset: Dataset, protocol: dict[str, Any] | None = None):
-    """The split a protocol asks for: leave-one-out (default) or the labelled-exposure protocol."""
-    name = (protocol or {}).get("name", DEFAULT_PROTOCOL["name"])
-    if name == "labelled":
-        from harness.data.labelled import labelled_split
-        return labelled_split(dataset, {k: v for k, v in protocol.items()})
-    return leave_one_out(dataset, protocol)

@@ -7,9 +7,11 @@ import numpy as np
 import pandas as pd
 from pandas.util import hash_pandas_object
 
-from harness.features.cache import cached_arrays, content_key
+from harness.data.dataset import item_texts
+from harness.data.interactions import require_train
 from harness.errors import HarnessError
-from harness.features.embedders import EMBEDDERS, Embedder, item_texts, make_embedder
+from harness.features.cache import cached_arrays, content_key
+from harness.features.embedders import EMBEDDERS, Embedder, make_embedder
 
 
 def items_fingerprint(items: pd.DataFrame, fields: Sequence[str]) -> str:
@@ -33,7 +35,6 @@ def embed_items(items: pd.DataFrame, text_fields: Sequence[str], name: str = "tf
     fields = list(text_fields) if emb.uses_text else []
     parts: list[Any] = [emb.identity(), fields, items_fingerprint(items, fields)]
     if emb.uses_interactions:
-        from harness.sid.interactions import require_train
         if interactions is None:
             raise HarnessError(f"embedder {name!r} learns from the training split's interactions; it is available "
                                "where they are (a method's TrainView, `harness sids report`)")
@@ -47,6 +48,14 @@ def embed_items(items: pd.DataFrame, text_fields: Sequence[str], name: str = "tf
     return arrays["x"], {**emb.identity(), "fields": fields, "key": key, "cached": hit, "dim": int(arrays["x"].shape[1])}
 
 
-from harness.features import collaborative  # noqa: E402,F401  (registers `sasrec-cf`)
+def item_features(train, embedder: str | None, options: dict[str, Any] | None = None) -> np.ndarray | None:
+    """The catalogue's feature matrix from `embedder` for a plugin's item tower (None / "none": id-only); recorded in
+    the TrainView's provenance, so the run record says which features were used."""
+    if not embedder or embedder == "none":
+        return None
+    matrix, provenance = embed_items(train.items, train.text_fields, embedder, **(options or {}))
+    train.provenance.setdefault("features", []).append(provenance)
+    return matrix
 
-__all__ = ["EMBEDDERS", "Embedder", "embed_items", "item_texts", "make_embedder"]
+
+__all__ = ["EMBEDDERS", "Embedder", "embed_items", "item_features", "item_texts", "make_embedder"]

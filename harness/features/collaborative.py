@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.data.interactions import TrainInteractions, require_train
 from harness.features.embedders import Embedder, embedder
 from harness.nn.causal_encoder import SASRecNet, length_bucketed_batches, next_item_pairs
-from harness.sid.interactions import TrainInteractions, require_train
 
 
 def train_item_embeddings(interactions: TrainInteractions, dim: int = 32, blocks: int = 2, heads: int = 2,

@@ -10,27 +10,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from harness.config import make_named, registrar
+from harness.config import Registry
+from harness.data.dataset import item_texts
 from harness.errors import HarnessError
 
-EMBEDDERS: dict[str, Callable[..., "Embedder"]] = {}
-
-
-embedder = registrar(EMBEDDERS)  # @embedder("name") registers a class under that name
-
-
-def item_texts(items: pd.DataFrame, fields: Sequence[str]) -> list[str]:
-    """The dataset card's text fields, joined per item ("title. brand. categories")."""
-    present = [f for f in fields if f in items.columns]
-    if not present:
-        raise HarnessError(f"none of the text fields {list(fields)} is in the item table ({list(items.columns)})")
-    columns = [items[f].fillna("").astype(str).tolist() for f in present]
-    return [". ".join(v for v in values if v.strip()) for values in zip(*columns)]
+# Every embedder by name; the collaborative one lives in its own module, listed here.
+EMBEDDERS: Registry[type["Embedder"]] = Registry("embedder", discover=["harness.features.collaborative"])
+embedder = EMBEDDERS.register  # @embedder("name") registers a class under that name
 
 
 class Embedder:
@@ -153,4 +144,4 @@ class Precomputed(Embedder):
 
 
 def make_embedder(name: str, **options: Any) -> Embedder:
-    return make_named(EMBEDDERS, "embedder", name, **options)
+    return EMBEDDERS.make(name, **options)

@@ -3,15 +3,27 @@ keys/values cached across steps. Constrained mode masks each level with the pref
 that no item has (the caller counts them)."""
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from harness.nn.transformer import SIDTransformer
-from harness.sid.trie import PrefixTrie
+
+
+class PrefixConstraint(Protocol):
+    """What constrained decoding needs of a validity structure (`harness.sid.PrefixTrie` is one): prefix ids for a
+    batch, the codes each prefix may be extended by, and the prefix ids after one more code."""
+
+    def root(self, batch: int) -> torch.Tensor: ...
+
+    def mask(self, level: int, prefix: torch.Tensor) -> torch.Tensor: ...
+
+    def advance(self, level: int, prefix: torch.Tensor, code: torch.Tensor) -> torch.Tensor: ...
 
 
 @torch.no_grad()
 def beam_search(model: SIDTransformer, sids: torch.Tensor, users: torch.Tensor | None, beam: int,
-                trie: PrefixTrie | None = None, encoded=None) -> tuple[torch.Tensor, torch.Tensor]:
+                trie: PrefixConstraint | None = None, encoded=None) -> tuple[torch.Tensor, torch.Tensor]:
     """History SIDs [B, N, L] → top-`beam` SIDs [B, beam, L] and their summed log-probabilities [B, beam]
     (best first; -inf marks a slot with no valid hypothesis left in constrained mode). `encoded`: encoder states
     already computed by `model.memory` (so a caller that also needs them runs the encoder once)."""

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.api import pad_histories
+from harness.nn.batching import pad_histories
 
 
 class CausalSequenceEncoder(nn.Module):

@@ -1,24 +1,11 @@
-"""Item tower: an item-id embedding, optionally plus a learned projection of item features (text embeddings from a
-named embedder, cached like every feature). Shared by two-tower retrieval and Gryphon's item-level scorer."""
+"""Item tower: an item-id embedding, optionally plus a learned projection of item features (e.g. text embeddings
+from `harness.features.item_features`). Shared by two-tower retrieval and Gryphon's item-level scorer."""
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from harness.api import TrainView
-
-
-def item_features(train: TrainView, embedder: str | None, options: dict[str, Any] | None = None) -> np.ndarray | None:
-    """The catalogue's feature matrix from `embedder` (None / "none": id-only tower); recorded in the provenance."""
-    if not embedder or embedder == "none":
-        return None
-    from harness.features import embed_items
-    matrix, provenance = embed_items(train.items, train.text_fields, embedder, **(options or {}))
-    train.provenance.setdefault("features", []).append(provenance)
-    return matrix
 
 
 class ItemTower(nn.Module):

@@ -13,13 +13,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from harness.data.interactions import TrainInteractions
 from harness.errors import HarnessError
 from harness.features import embed_items
 from harness.features.cache import cached_arrays, content_key
 from harness.sid.collisions import STRATEGIES, SIDTable, build_table
 from harness.sid.diagnostics import sid_report
-from harness.sid import letter  # noqa: F401  (registers the `letter` tokenizer)
-from harness.sid.interactions import TrainInteractions
 from harness.sid.tokenizers import TOKENIZERS, SIDCodes, make_tokenizer
 from harness.sid.trie import PrefixTrie
 
@@ -44,6 +43,13 @@ def fit_codes(embeddings: np.ndarray, tokenizer: str = "rkmeans", collaborative:
     return codes, {**tok.identity(), "key": key, "cached": hit}
 
 
+def uses_collaborative(tokenizer: str) -> bool:
+    """Whether a tokenizer also reads collaborative item embeddings (LETTER); False for an unknown name, which
+    `make_tokenizer` then reports."""
+    cls = TOKENIZERS.find(tokenizer)
+    return bool(cls is not None and cls.uses_collaborative)
+
+
 def semantic_ids(items: pd.DataFrame, text_fields: Sequence[str], embedder: str = "tfidf-svd",
                  embedder_options: dict[str, Any] | None = None, tokenizer: str = "rkmeans",
                  tokenizer_options: dict[str, Any] | None = None, collisions: str = "dedup-token",
@@ -60,7 +66,7 @@ def semantic_ids(items: pd.DataFrame, text_fields: Sequence[str], embedder: str 
     else:
         provenance["embedder"] = {"embedder": "given", "key": content_key(embeddings)}
     collaborative = None
-    if getattr(TOKENIZERS.get(tokenizer), "uses_collaborative", False):
+    if uses_collaborative(tokenizer):
         collaborative, provenance["collaborative"] = embed_items(items, text_fields, collaborative_embedder,
                                                                  interactions, **(collaborative_options or {}))
     codes, provenance["tokenizer"] = fit_codes(embeddings, tokenizer, collaborative,
@@ -71,5 +77,5 @@ def semantic_ids(items: pd.DataFrame, text_fields: Sequence[str], embedder: str 
     return table, provenance
 
 
-__all__ = ["STRATEGIES", "TOKENIZERS", "PrefixTrie", "SIDCodes", "SIDTable", "TrainInteractions", "build_table",
-           "fit_codes", "semantic_ids", "sid_report"]
+__all__ = ["STRATEGIES", "TOKENIZERS", "PrefixTrie", "SIDCodes", "SIDTable", "build_table",
+           "fit_codes", "semantic_ids", "sid_report", "uses_collaborative"]

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.sid.interactions import TrainInteractions, require_train
+from harness.data.interactions import TrainInteractions, require_train
 
 
 def _entropy_bits(counts: np.ndarray) -> float:

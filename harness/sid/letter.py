@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import ConfigError
-from harness.sid.tokenizers import (SIDCodes, Tokenizer, _balanced_assign, _kmeans, _mlp, ResidualQuantizer,
+from harness.sid.tokenizers import (SIDCodes, Tokenizer, balanced_assign, kmeans, mlp, ResidualQuantizer,
                                     standardise, tokenizer)
 
 
@@ -55,8 +55,8 @@ class CodeClusters:
 
     def __init__(self, book: np.ndarray, n_clusters: int, seed: int):
         k = max(1, min(n_clusters, len(book)))
-        _, centers = _kmeans(book, k, seed, max_iter=20)
-        labels = _balanced_assign(book, centers, capacity=2 * -(-len(book) // len(centers)))
+        _, centers = kmeans(book, k, seed, max_iter=20)
+        labels = balanced_assign(book, centers, capacity=2 * -(-len(book) // len(centers)))
         order = np.argsort(labels, kind="stable")
         sizes = np.bincount(labels, minlength=len(centers))
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
@@ -122,8 +122,8 @@ class LETTER(Tokenizer):
         x = standardise(x)
         data = torch.as_tensor(x, dtype=torch.float32)
         cf = torch.as_tensor(collaborative, dtype=torch.float32)
-        encoder = _mlp([x.shape[1], *o["hidden"], o["latent"]])
-        decoder = _mlp([o["latent"], *reversed(o["hidden"]), x.shape[1]])
+        encoder = mlp([x.shape[1], *o["hidden"], o["latent"]])
+        decoder = mlp([o["latent"], *reversed(o["hidden"]), x.shape[1]])
         quantizer = ResidualQuantizer(self.levels, self.width, o["latent"])
         with torch.no_grad():
             quantizer.init_kmeans(encoder(data), self.seed)

@@ -20,13 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.config import make_named, registrar
+from harness.config import Registry
 from harness.errors import ConfigError, HarnessError
 
-TOKENIZERS: dict[str, type["Tokenizer"]] = {}
-
-
-tokenizer = registrar(TOKENIZERS)  # @tokenizer("name") registers a class under that name
+# Every tokenizer by name; LETTER's lives in its own module, listed here.
+TOKENIZERS: Registry[type["Tokenizer"]] = Registry("tokenizer", discover=["harness.sid.letter"])
+tokenizer = TOKENIZERS.register  # @tokenizer("name") registers a class under that name
 
 
 @dataclass
@@ -54,7 +53,7 @@ class Tokenizer:
         raise NotImplementedError
 
 
-def _kmeans(x: np.ndarray, k: int, seed: int, n_init: int = 1, max_iter: int = 100):
+def kmeans(x: np.ndarray, k: int, seed: int, n_init: int = 1, max_iter: int = 100):
     from sklearn.cluster import KMeans
     k = max(1, min(k, len(np.unique(x, axis=0))))
     model = KMeans(n_clusters=k, init="k-means++", n_init=n_init, max_iter=max_iter, random_state=seed)
@@ -78,7 +77,7 @@ class ResidualKMeans(Tokenizer):
                 target = residual / scale
             else:
                 scale, target = np.ones((len(residual), 1), np.float32), residual
-            labels, centers = _kmeans(target, self.width, self.seed + level, max_iter=self.options["max_iter"])
+            labels, centers = kmeans(target, self.width, self.seed + level, max_iter=self.options["max_iter"])
             step = centers[labels] * scale
             recon += step
             residual = residual - step
@@ -100,7 +99,7 @@ class ResidualQuantizer(nn.Module):
     def init_kmeans(self, z: torch.Tensor, seed: int) -> None:
         residual = z.clone()
         for level, book in enumerate(self.codebooks):
-            labels, centers = _kmeans(residual.cpu().numpy(), book.shape[0], seed + level)
+            labels, centers = kmeans(residual.cpu().numpy(), book.shape[0], seed + level)
             filled = torch.as_tensor(centers)
             if len(filled) < book.shape[0]:  # fewer distinct points than codes: pad with jittered copies
                 extra = filled[torch.randint(len(filled), (book.shape[0] - len(filled),))]
@@ -191,7 +190,7 @@ def standardise(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(0)) / (x.std(0) + 1e-8)
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
+def mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
@@ -203,8 +202,8 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
 class RQVAEModel(nn.Module):
     def __init__(self, dim: int, hidden: list[int], latent: int, levels: int, width: int, beta: float):
         super().__init__()
-        self.encoder = _mlp([dim, *hidden, latent])
-        self.decoder = _mlp([latent, *reversed(hidden), dim])
+        self.encoder = mlp([dim, *hidden, latent])
+        self.decoder = mlp([latent, *reversed(hidden), dim])
         self.quantizer = ResidualQuantizer(levels, width, latent, beta)
 
 
@@ -226,7 +225,7 @@ class RQVAE(Tokenizer):
         return SIDCodes(codes, [self.width] * self.levels, books, error)
 
 
-def _balanced_assign(x: np.ndarray, centers: np.ndarray, capacity: int) -> np.ndarray:
+def balanced_assign(x: np.ndarray, centers: np.ndarray, capacity: int) -> np.ndarray:
     """Assign points to their nearest centre with at most `capacity` points per centre (most confident first)."""
     dist = (x ** 2).sum(1)[:, None] - 2 * x @ centers.T + (centers ** 2).sum(1)[None, :]
     order = np.argsort(dist, axis=1)
@@ -262,8 +261,8 @@ class BalancedKMeans(Tokenizer):
                 labels = np.arange(len(members))
                 centers = residual
             else:
-                _, centers = _kmeans(residual, k, self.seed + level)
-                labels = _balanced_assign(residual, centers, capacity=-(-len(members) // len(centers)))
+                _, centers = kmeans(residual, k, self.seed + level)
+                labels = balanced_assign(residual, centers, capacity=-(-len(members) // len(centers)))
             codes[members, level] = labels
             recon[members] += centers[labels]
             for c in np.unique(labels):
@@ -311,4 +310,4 @@ class IndexFile(Tokenizer):
 
 
 def make_tokenizer(name: str, **options: Any) -> Tokenizer:
-    return make_named(TOKENIZERS, "tokenizer", name, **options)
+    return TOKENIZERS.make(name, **options)

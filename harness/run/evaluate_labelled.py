@@ -1,7 +1,7 @@
 """Evaluation on the labelled-exposure protocol: ranking AUC over real exposures beside full-catalogue retrieval.
 
-- AUC: every exposure of the block, pooled, scored by the method's `score` (plugins with a second scorer, e.g. DIG's
-  retrieval path, list it in `auc_scorers()`); ties count half (the Mann-Whitney statistic, as scikit-learn).
+- AUC: every exposure of the block, pooled, scored by each of the method's `auc_scorers()` (its `score`; DIG adds
+  its retrieval path); ties count half (the Mann-Whitney statistic, as scikit-learn).
 - gAUC: the mean over users with both a positive and a negative in the block of the user's own AUC (unweighted).
 - log-loss: only for methods whose scores are probabilities (`probability_scores = True`).
 - Retrieval: the block's positives are the targets; Recall@k = targets in the top k / targets, NDCG@k with the ideal
@@ -15,45 +15,17 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 from tqdm import tqdm
 
+from harness.api import Method
 from harness.data.labelled import LabelledPart
-from harness.evaluate import EvalResult, EvaluationError, _alternative_rankings, ranks_from_scores, ranks_from_topk
+from harness.errors import EvaluationError
+from harness.metrics import auc, log_loss, ranks_from_scores, ranks_from_topk, retrieval_metrics
+from harness.run.evaluate import EvalResult, alternative_rankings, judged_mode, plugin_kwargs
 
 
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney with average ranks for ties); NaN without both classes."""
-    labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(np.asarray(scores, dtype=np.float64))
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -> float:
-    p = np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1 - eps)
-    y = np.asarray(labels, dtype=np.float64)
-    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
-
-
-def auc_scorers(method) -> dict[str, Callable]:
-    """'' → the method's `score`; plugins may add named scorers (`auc_scorers()` → {name: callable}). A scorer with
-    the attribute `pairs = True` takes (histories, items per user) and returns one score array per user."""
-    custom = getattr(method, "auc_scorers", None)
-    if callable(custom):
-        return dict(custom())
-    return {"": method.score} if method.has_score() else {}
-
-
-def _call_kwargs(method, part: LabelledPart, rows: slice) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
-    if getattr(method, "uses_user_ids", False):
-        kwargs["users"] = np.asarray(part.users[rows])
-    if getattr(method, "uses_exposures", False):
-        kwargs["exposures"] = part.exposures[rows]
-    return kwargs
+def _call_kwargs(method: Method, part: LabelledPart, rows: slice) -> dict[str, Any]:
+    return plugin_kwargs(method, part.users[rows], part.exposures[rows])
 
 
 def exposure_scores(scorer: Callable, method, part: LabelledPart, batch_size: int = 128) -> list[np.ndarray]:
@@ -110,7 +82,7 @@ def _retrieval_ranks(method, part: LabelledPart, n_items: int, k_max: int, mode:
             ranks = ranks_from_topk(items[owner], top_scores[owner], flat, n_items, exclude)[0].numpy() \
                 if len(owner) else np.zeros(0)
             alt = {name: ranks_from_topk(i[owner], s[owner], flat, n_items, exclude)[0].numpy()
-                   for name, (i, s) in _alternative_rankings(top).items()} if len(owner) else {}
+                   for name, (i, s) in alternative_rankings(top).items()} if len(owner) else {}
         bounds = np.cumsum([0] + [len(t) for t in tgt])
         per_user.extend(ranks[bounds[i]:bounds[i + 1]] for i in range(len(tgt)))
         for name, values in alt.items():
@@ -118,37 +90,22 @@ def _retrieval_ranks(method, part: LabelledPart, n_items: int, k_max: int, mode:
     return per_user, alternatives
 
 
-def retrieval_metrics(target_ranks: Sequence[np.ndarray], ks: Sequence[int]) -> dict[str, np.ndarray]:
-    """Per-user Recall@k and NDCG@k from the ranks of each user's targets (NaN for a user without targets)."""
-    out = {f"{m}@{k}": np.full(len(target_ranks), np.nan) for k in ks for m in ("recall", "ndcg")}
-    for row, ranks in enumerate(target_ranks):
-        if len(ranks) == 0:
-            continue
-        for k in ks:
-            hit = ranks < k
-            out[f"recall@{k}"][row] = hit.mean()
-            ideal = (1.0 / np.log2(np.arange(min(k, len(ranks))) + 2.0)).sum()
-            out[f"ndcg@{k}"][row] = (1.0 / np.log2(ranks[hit] + 2.0)).sum() / ideal
-    return out
-
-
 def evaluate_labelled(method, part: LabelledPart, n_items: int, ks: Sequence[int], exclude_history: bool = True,
                       mode: str = "auto", batch_size: int = 256, with_retrieval: bool = True) -> EvalResult:
-    if mode == "auto":
-        mode = "score" if method.has_score() and not getattr(method, "retrieves_by_recommend", False) else "topk"
+    mode = judged_mode(method, mode)
     per_user: dict[str, np.ndarray] = {}
     metrics: dict[str, float] = {}
     diagnostics: dict[str, Any] = {}
     labels = part.block_labels
     flat_labels = np.concatenate(labels) if labels else np.zeros(0)
     with torch.no_grad():
-        for name, scorer in auc_scorers(method).items():
+        for name, scorer in method.auc_scorers().items():
             prefix = f"{name}_" if name else ""
             scores = exposure_scores(scorer, method, part)
             metrics[prefix + "auc"] = auc(flat_labels, np.concatenate(scores))
             per_user[prefix + "auc"] = np.array([auc(y, s) for y, s in zip(labels, scores)])
             metrics[prefix + "gauc"] = float(np.nanmean(per_user[prefix + "auc"]))
-            if getattr(method, "probability_scores", False):
+            if method.probability_scores:
                 metrics[prefix + "logloss"] = log_loss(flat_labels, np.concatenate(scores))
         if with_retrieval:
             ranks, alternatives = _retrieval_ranks(method, part, n_items, max(ks), mode, exclude_history, batch_size)

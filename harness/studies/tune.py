@@ -1,6 +1,6 @@
 """Optuna tuning on validation only, with an equal trial budget per method, then the best config over the track's seeds.
 
-Trials are runs with `evaluate_test=False`: the protocol never evaluates the test targets for them, so the objective
+Trials are runs with `evaluate_test=False`: the referee never evaluates the test targets for them, so the objective
 (which reads the trial's record) has nothing test-derived to read. Intermediate validation metrics feed the pruner.
 Several workers (processes or machines) share a study through its storage: a SQLite file by default, or any
 Optuna RDB URL (e.g. PostgreSQL).
@@ -18,9 +18,10 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from harness import registry
+from harness.board.store import RunStore
 from harness.errors import ConfigError, RunPruned
-from harness.protocol import RunSpec, run
-from harness.store import RunStore
+from harness.run.referee import run
+from harness.run.spec import RunSpec
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)

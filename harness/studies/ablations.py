@@ -12,13 +12,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from harness import registry
+from harness.board.stats import paired, welch
+from harness.board.tables import PER_USER_TERMS
 from harness.errors import ConfigError
-from harness.stats import paired, welch
-from harness.tables import PER_USER_TERMS
+from harness.studies.seeds import run_seeds
 
 
 def variants_of(method_cls) -> dict[str, dict[str, Any]]:
-    spec = getattr(method_cls, "ablations", None) or {}
+    spec = method_cls.ablations or {}
     if not spec.get("variants"):
         raise ConfigError(f"method {method_cls.name!r} declares no ablations (an `ablations:` section in its YAML)")
     return dict(spec["variants"])
@@ -28,8 +30,6 @@ def run_ablations(spec, seeds: Sequence[int], store, jobs: int | None = None, fo
                   only: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     """Every variant (its overrides on top of the user's) over the seeds; finished seeds are reused. Seed by seed,
     every variant in turn, so the variants of one seed meet the same machine load (budgets are wall-clock)."""
-    from harness import registry
-    from harness.multiseed import run_seeds
     variants = variants_of(registry.get(spec.method))
     unknown = set(only or []) - set(variants)
     if unknown:
@@ -59,7 +59,7 @@ def _summary(values: list[float]) -> str:
 def ablation_tables(method_cls, records: dict[str, list[dict[str, Any]]],
                     per_user: Callable[[dict[str, Any]], dict[str, np.ndarray] | None]) -> list[tuple[str, list[dict]]]:
     tables = []
-    for table in (getattr(method_cls, "ablations", None) or {}).get("tables", []):
+    for table in (method_cls.ablations or {}).get("tables", []):
         names = [n for n in table["rows"] if records.get(n)]
         rows = []
         for name in names:

@@ -14,9 +14,11 @@ from typing import Any, Sequence
 import torch
 from joblib import Parallel, delayed
 
+from harness.board.store import RunStore
 from harness.config import config_hash
-from harness.protocol import RunSpec, prepare, run
-from harness.store import RunStore
+from harness.errors import ConfigError
+from harness.run.referee import prepare, run
+from harness.run.spec import RunSpec
 
 log = logging.getLogger(__name__)
 MEMORY_PER_JOB_GB = 2.0
@@ -24,7 +26,6 @@ MEMORY_PER_JOB_GB = 2.0
 
 def parse_seeds(text: str | int | Sequence[int] | None, default: int = 1) -> list[int]:
     """`5` → [0..4]; `"3,7,11"` → [3, 7, 11]; `"0,"` → [0]. A count must be at least 1."""
-    from harness.errors import ConfigError
     if text is None:
         return list(range(default))
     if isinstance(text, int):

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from string import Template
 
+from harness import registry
 from harness.errors import HarnessError
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -35,8 +36,7 @@ def names(name: str) -> dict[str, str]:
 def scaffold(name: str, parent: str | Path = ".") -> Path:
     """Write the plugin package to `<parent>/<name>/` and return that folder."""
     values = names(name)
-    from harness.registry import available
-    if name in available():
+    if name in registry.available():
         raise HarnessError(f"a method named {name!r} is already registered; pick another name")
     target = Path(parent) / name
     if target.exists() and any(target.iterdir()):
@@ -46,13 +46,3 @@ def scaffold(name: str, parent: str | Path = ".") -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(Template((TEMPLATES / template).read_text()).substitute(values))
     return target
-
-
-def cmd_new_method(args) -> int:
-    target = scaffold(args.name, args.dir)
-    package = names(args.name)["package"]
-    print(f"wrote {target}/ (package {package}, entry point {args.name})\nnext:\n"
-          f"  pip install -e {target}\n  harness validate-plugin {args.name}\n"
-          f"  edit {target}/{package}/method.py and method.yaml, validate again, then\n"
-          f"  harness submit --method {args.name} --track smoke")
-    return 0

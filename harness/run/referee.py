@@ -1,64 +1,38 @@
-"""One run = method × dataset × seed × budget (× track) → a run record (DESIGN §6), stored.
+"""The referee: one run = method × dataset × seed × budget (× track) → a run record (DESIGN §6), stored.
 
-The protocol is the referee: it holds the test targets, hands the plugin a `TrainView` without them, enforces the
-budget from outside, evaluates on test exactly once after fit, and measures latency itself.
+It holds the test targets, hands the plugin a `TrainView` without them (with the training interactions and the SID
+provider), enforces the budget from outside, evaluates on test exactly once after fit, and measures latency itself.
 """
 from __future__ import annotations
 
 import ctypes
 import logging
-import os
-import platform
 import random
-import resource
-import subprocess
 import threading
 import time
 import traceback
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-import harness
 from harness import registry
 from harness.api import Budget, Method, TrainView
-from harness.config import config_hash, merge_config
+from harness.board.store import RunStore
+from harness.config import merge_config
 from harness.data import load_card, load_dataset, make_split
-from harness.errors import BudgetExceeded, NonFiniteLoss, RunPruned
-from harness.evaluate import DEFAULT_KS, EvaluationError, evaluate_method
-from harness.store import RunStore
+from harness.data.interactions import TrainInteractions
+from harness.data.protocols import is_labelled, resolve
+from harness.errors import BudgetExceeded, EvaluationError, NonFiniteLoss, RunPruned
+from harness.run.evaluate import evaluate_method, plugin_kwargs
+from harness.run.evaluate_labelled import evaluate_labelled
+from harness.run.record import new_record, new_run_id, peak_memory_mb
+from harness.run.spec import RunSpec
+from harness.sid import semantic_ids
 
 log = logging.getLogger(__name__)
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class RunSpec:
-    method: str
-    dataset: str
-    seed: int = 0
-    budget_seconds: float | None = None
-    max_epochs: int | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)  # the user's --set (and tuned values)
-    track_overrides: dict[str, Any] = field(default_factory=dict)  # the track's pins for this method
-    protocol: dict[str, Any] = field(default_factory=dict)
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    ks: Sequence[int] = DEFAULT_KS
-    track: str | None = None
-    device: str = "auto"
-    data_dir: str | None = None
-    latency_users: int = 100
-    throughput_batch: int = 256
-    command: str | None = None
-    evaluate_test: bool = True  # False for tuning trials: the test targets are then never touched
-    purpose: str = "eval"  # "eval" runs go on the board; "tune" runs are trials of a study
-    on_validate: Callable[[int, dict[str, float]], None] | None = field(default=None, repr=False)
-    extra: dict[str, Any] = field(default_factory=dict)  # stored in the record as is (e.g. tuning provenance)
 
 
 class Validator:
@@ -87,8 +61,7 @@ def stage_evaluator(split, stage: str, n_items: int, ks: Sequence[int], desc: st
     """Evaluation of one stage (valid/test) under the split's protocol, as a function of the fitted method."""
     part = getattr(split, stage)
     exclude_history = bool(split.protocol["exclude_history"])
-    if split.protocol["name"] == "labelled":
-        from harness.evaluate_labelled import evaluate_labelled
+    if is_labelled(split.protocol):
         return lambda method: evaluate_labelled(method, part, n_items, ks, exclude_history, **options)
     return lambda method: evaluate_method(method, part.histories, part.targets, n_items, ks, exclude_history,
                                           desc=desc or stage, users=part.users, **options)
@@ -139,32 +112,6 @@ class _Watchdog:
         return False
 
 
-def _git_sha() -> str | None:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                             timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return (sha + ("-dirty" if dirty else "")) or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _hardware(device: torch.device) -> dict[str, Any]:
-    info = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def _peak_memory_mb(device: torch.device) -> dict[str, float]:
-    out = {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if device.type == "cuda":
-        out["cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return out
-
-
 def measure_latency(method: Method, histories: Sequence[np.ndarray], k: int, n_users: int, batch: int,
                     device: torch.device, users: np.ndarray | None = None,
                     exposures: Sequence[Any] | None = None) -> dict[str, Any]:
@@ -174,14 +121,10 @@ def measure_latency(method: Method, histories: Sequence[np.ndarray], k: int, n_u
     rng = np.random.default_rng(0)
     picks = rng.choice(len(histories), size=min(n_users, len(histories)), replace=False)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    pass_users = getattr(method, "uses_user_ids", False) and users is not None
-    pass_exposures = getattr(method, "uses_exposures", False) and exposures is not None
 
     def kw(index):
-        out = {"users": np.asarray(users)[index]} if pass_users else {}
-        if pass_exposures:
-            out["exposures"] = [exposures[i] for i in index]
-        return out
+        return plugin_kwargs(method, None if users is None else np.asarray(users)[index],
+                             None if exposures is None else [exposures[i] for i in index])
     times = []
     with torch.no_grad():
         for i in picks[:3]:  # warm-up
@@ -221,12 +164,10 @@ def prepare(spec: RunSpec) -> Prepared:
     """Resolve the method and its config, load and verify the data, split it. Raises HarnessError on user errors."""
     method_cls = registry.get(spec.method)
     config = merge_config(method_cls.default_config, {**spec.track_overrides, **spec.overrides}, spec.method,
-                          getattr(method_cls, "recipes", None))
+                          method_cls.recipes)
     card = load_card(spec.dataset)
     dataset = load_dataset(card, spec.data_dir, **spec.dataset_options)
-    protocol = dict(spec.protocol) if spec.protocol.get("name", card.protocol.get("name")) != card.protocol.get("name") \
-        else {**card.protocol, **spec.protocol}
-    split = make_split(dataset, protocol)
+    split = make_split(dataset, resolve(card.protocol, spec.protocol))
     return Prepared(method_cls, config, card, dataset, split)
 
 
@@ -236,41 +177,24 @@ def run(spec: RunSpec, store: RunStore | None = None, prepared: Prepared | None 
     prepared = prepared or prepare(spec)
     method_cls, config, card, dataset, split = (prepared.method_cls, prepared.config, prepared.card,
                                                 prepared.dataset, prepared.split)
-    exclude_history = bool(split.protocol["exclude_history"])
     store = store or RunStore()
     device = resolve_device(spec.device)
 
     started = datetime.now(timezone.utc)
-    run_id = f"{started.strftime('%Y%m%dT%H%M%S')}-{spec.method}-{card.name}-s{spec.seed}-{uuid.uuid4().hex[:6]}"
-    record: dict[str, Any] = {
-        "run_id": run_id, "status": "ok", "failure": None,
-        "method": spec.method, "method_config": config, "config_overrides": spec.overrides,
-        "method_config_hash": config_hash(config),
-        "paper": method_cls.paper,
-        "dataset": card.name, "dataset_fingerprint": dataset.fingerprint(), "split_id": split.split_id,
-        "protocol": split.protocol, "track": spec.track, "seed": spec.seed,
-        "budget": {"seconds": spec.budget_seconds, "max_epochs": spec.max_epochs},
-        "used": {}, "metrics": {}, "diagnostics": {}, "latency": {}, "curves": {},
-        "eval": {"ks": list(spec.ks), "n_items": dataset.n_items, "users": int(len(split.test.users)),
-                 "full_catalogue": True, "exclude_history": exclude_history},
-        "params": None, "peak_memory": {},
-        "versions": {"harness": harness.__version__, "torch": torch.__version__, "numpy": np.__version__,
-                     "python": platform.python_version()},
-        "git_sha": _git_sha(), "hardware": _hardware(device),
-        "metric_version": harness.METRIC_VERSION, "protocol_version": harness.PROTOCOL_VERSION,
-        "purpose": spec.purpose, **spec.extra,
-        "command": spec.command, "started_at": started.isoformat(), "finished_at": None,
-    }
+    run_id = new_run_id(spec, card.name, started)
+    record = new_record(spec, run_id, started, method_cls.paper, config, card.name, dataset.fingerprint(), split,
+                        dataset.n_items, device)
     per_user: dict[str, dict[str, np.ndarray]] = {}
 
     seed_everything(spec.seed)
-    labelled = split.protocol["name"] == "labelled"
+    labelled = is_labelled(split.protocol)
     validator = Validator(stage_evaluator(split, "valid", dataset.n_items, spec.ks, desc="validate"), spec.on_validate)
     view = TrainView(sequences=split.train_sequences, n_items=dataset.n_items, items=dataset.items,
                      text_fields=dataset.text_fields, validate=validator, device=device, seed=spec.seed,
                      work_dir=store.run_dir(run_id) / "work", dataset=card.name,
-                     exposures=split.train_exposures if labelled else None, users=getattr(dataset, "users", None),
-                     protocol=split.protocol)
+                     exposures=split.train_exposures if labelled else None, users=dataset.users,
+                     protocol=split.protocol, interactions=TrainInteractions.from_split(split, dataset.n_items),
+                     sid_provider=semantic_ids)
     budget = Budget(spec.budget_seconds, spec.max_epochs)
     hard_limit = None if spec.budget_seconds is None else spec.budget_seconds + max(2.0, 0.05 * spec.budget_seconds)
     method: Method | None = None
@@ -325,7 +249,7 @@ def run(spec: RunSpec, store: RunStore | None = None, prepared: Prepared | None 
             record["diagnostics"]["traceback"] = traceback.format_exc(limit=8)
     if method is not None:
         record["params"] = method.parameters_count()
-    record["peak_memory"] = _peak_memory_mb(device)
+    record["peak_memory"] = peak_memory_mb(device)
     record["finished_at"] = datetime.now(timezone.utc).isoformat()
     store.save(record, per_user)
     return record

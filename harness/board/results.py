@@ -16,10 +16,9 @@ import numpy as np
 import torch
 
 import harness
-from harness.evaluate import metrics_from_ranks
-from harness.store import RunStore
-
-LEADERBOARDS_DIR = Path(__file__).resolve().parents[1] / "leaderboards"
+from harness.board.store import RunStore
+from harness.metrics import metrics_from_ranks
+from harness.paths import LEADERBOARDS_DIR
 
 
 def is_stale(record: dict[str, Any]) -> bool:
@@ -42,7 +41,16 @@ class ResultSet:
     records: list[dict[str, Any]] = field(default_factory=list)
     stale: list[dict[str, Any]] = field(default_factory=list)
     broken: list[str] = field(default_factory=list)  # sources that could not be read, with the reason
-    _sources: dict[str, Any] = field(default_factory=dict, repr=False)
+    # where each run's per-user arrays are: the RunStore it came from, or a published `per_user/<run_id>.npz`
+    sources: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def add(self, record: dict[str, Any], source: Any) -> None:
+        self.records.append(record)
+        self.sources[record["run_id"]] = source
+
+    def subset(self, keep) -> "ResultSet":
+        """The records for which `keep(record)` holds, with their per-user sources."""
+        return ResultSet(records=[r for r in self.records if keep(r)], sources=self.sources)
 
     def per_user(self, record: dict[str, Any], stage: str = "test") -> dict[str, np.ndarray] | None:
         """Per-user metric arrays for a run, recomputed from its stored ranks (any cut-off works)."""
@@ -117,8 +125,7 @@ def load_results(track: str | None = None, dataset: str | None = None, store: Ru
         if is_stale(record) and not include_stale:
             result.stale.append(record)
             continue
-        result.records.append(record)
-        result._sources[record["run_id"]] = source
+        result.add(record, source)
     return result
 
 
@@ -149,7 +156,7 @@ def export_board(results: ResultSet, track: str, dataset: str, out_dir: Path, ta
 
 def _stored_metrics(results: ResultSet, record: dict[str, Any], stage: str) -> dict[str, np.ndarray] | None:
     """Every per-user array a run stored for a stage (from the store or a published board's npz)."""
-    source = results._sources.get(record["run_id"])
+    source = results.sources.get(record["run_id"])
     if isinstance(source, RunStore):
         return source.per_user(record["run_id"]).get(stage) or None
     if isinstance(source, Path) and source.exists():

@@ -14,31 +14,31 @@ machine and compares the metrics; `--publish` then adds the bundle's records to 
 """
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import platform
 import shlex
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from tabulate import tabulate
 
-import harness
 from harness import registry
+from harness.board.results import export_board, load_results
+from harness.board.store import RunStore
+from harness.board.tables import leaderboard_rows, render
 from harness.errors import HarnessError
-from harness.evaluate import metrics_from_ranks
-from harness.multiseed import run_seeds
-from harness.protocol import RunSpec, _git_sha, prepare, run
-from harness.results import LEADERBOARDS_DIR, load_results
-from harness.store import RunStore
-from harness.tables import leaderboard_rows, render
-from harness.tracks import load_track
-from harness.validate_plugin import Report, plugin_info, track_spec, validate
+from harness.metrics import metrics_from_ranks
+from harness.paths import LEADERBOARDS_DIR
+from harness.plugins.validate import Report, validate_plugin
+from harness.run.record import environment, plugin_info
+from harness.run.referee import prepare, run
+from harness.run.spec import RunSpec
+from harness.run.tracks import load_track
+from harness.studies.seeds import run_seeds
 
 BUNDLE_FORMAT = 1
 # Absolute difference allowed on every test metric of the re-run seed. The same machine reproduces a CPU run exactly;
@@ -53,14 +53,6 @@ class SubmissionError(HarnessError):
     """The plugin failed validation or a seed failed: no bundle is written."""
 
 
-def environment() -> dict[str, Any]:
-    return {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
-            "harness": harness.__version__, "git_sha": _git_sha(), "torch": torch.__version__,
-            "numpy": np.__version__, "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-            "packages": dict(sorted({(d.metadata["Name"] or "?").lower(): d.version
-                                     for d in importlib.metadata.distributions()}.items()))}
-
-
 def _ranks(per_user: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {f"{stage}/rank": per_user[stage]["rank"] for stage in ("valid", "test")
             if "rank" in per_user.get(stage, {})}
@@ -71,7 +63,7 @@ def submit(method: str, track_name: str, overrides: dict[str, Any] | None = None
            report: Report | None = None) -> Path:
     """Validate, run the track's seeds on each of its datasets, and write the bundle. Returns its folder."""
     track = load_track(track_name)
-    report = report or validate(method)
+    report = report or validate_plugin(method)
     if not report.passed:
         raise SubmissionError(f"{method} fails validation, no bundle written:\n{report.render()}")
     stamp = datetime.now(timezone.utc)
@@ -84,8 +76,8 @@ def submit(method: str, track_name: str, overrides: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="submit-") as tmp:
         store = RunStore(runs_dir=tmp)
         for dataset in track.datasets:
-            spec = track_spec(method, track, dataset, overrides=dict(overrides or {}), command=command,
-                              extra={"plugin": {k: plugin[k] for k in ("package", "version", "source_hash")}})
+            spec = RunSpec.for_track(track, method, dataset, overrides=dict(overrides or {}), command=command,
+                                     extra={"plugin": {k: plugin[k] for k in ("package", "version", "source_hash")}})
             records = run_seeds(spec, seeds, store, n_jobs=n_jobs, resume=False)
             failed = [r for r in records if r["status"] != "ok"]
             if failed:
@@ -255,39 +247,7 @@ def publish(bundle: str | Path, result: Reproduction, leaderboards_dir: Path = L
     ours = {r["run_id"] for r in records[dataset]}
     results.records = [r for r in results.records if r["run_id"] not in ours]
     for record in records[dataset]:
-        results.records.append({**record, "verified": mark})
-        results._sources[record["run_id"]] = bundle / "per_user" / f"{record['run_id']}.npz"
+        results.add({**record, "verified": mark}, bundle / "per_user" / f"{record['run_id']}.npz")
     spec = meta["specs"][dataset]
     table = render(leaderboard_rows(results, spec["ks"], f"ndcg@{10 if 10 in spec['ks'] else spec['ks'][0]}"), "md")
-    from harness.results import export_board
     return export_board(results, track, dataset, Path(leaderboards_dir), table)
-
-
-def cmd_submit(args, argv: Sequence[str]) -> int:
-    from harness.config import parse_overrides
-    overrides = parse_overrides(args.overrides)
-    report = validate(args.method)
-    print(report.render())
-    if not report.passed:
-        print(f"error: {args.method} fails validation; no bundle written", flush=True)
-        return 1
-    bundle = submit(args.method, args.track, overrides, args.out, args.jobs, args.tolerance,
-                    "harness " + " ".join(shlex.quote(a) for a in argv), report)
-    meta, records = read_bundle(bundle)
-    for dataset, recs in records.items():
-        print(f"\n{dataset}: {len(recs)} seeds")
-        test = recs[0]["metrics"]["test"]
-        names = [n for k in recs[0]["eval"]["ks"] for n in (f"recall@{k}", f"ndcg@{k}") if n in test]
-        print(tabulate([[r["seed"], *(r["metrics"]["test"][n] for n in names)] for r in recs],
-                       headers=["seed", *names], floatfmt=".4f"))
-    print(f"\nbundle written to {bundle}\nreproduce it: harness reproduce {bundle}")
-    return 0
-
-
-def cmd_reproduce(args) -> int:
-    result = reproduce(args.bundle, args.seed, args.dataset, args.tolerance, args.device)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else result.render())
-    if result.passed and args.publish:
-        path = publish(args.bundle, result, Path(args.leaderboards) if args.leaderboards else LEADERBOARDS_DIR)
-        print(f"published with a verified mark: {path}")
-    return 0 if result.passed else 1

@@ -5,15 +5,13 @@ A number on the board belongs to a track; every method in a track runs under the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from harness.config import parse_budget
 from harness.errors import ConfigError, HarnessError
-
-TRACKS_DIR = Path(__file__).resolve().parents[1] / "leaderboards" / "tracks"
+from harness.paths import TRACKS_DIR
 
 
 @dataclass

@@ -7,8 +7,8 @@ from typing import Any, Sequence
 import numpy as np
 from tabulate import tabulate
 
-from harness.results import ResultSet
-from harness.stats import MethodResults, compare_to_best, seed_summary
+from harness.board.results import ResultSet
+from harness.board.stats import MethodResults, compare_to_best, seed_summary
 
 FORMATS = {"md": "github", "latex": "latex", "plain": "simple"}
 

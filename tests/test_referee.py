@@ -1,4 +1,4 @@
-"""The protocol runner: records, determinism, budgets, failures, and no path from a plugin to test targets."""
+"""The referee: records, determinism, budgets, failures, and no path from a plugin to test targets."""
 import math
 import time
 import types
@@ -11,7 +11,7 @@ import torch
 
 from harness.api import Method, check_finite
 from harness.errors import ConfigError, HarnessError
-from harness.protocol import run
+from harness.run.referee import run
 
 FAST_SASREC = {"epochs": 30, "patience": 3}
 
@@ -136,7 +136,7 @@ def test_unknown_method_names_the_available_ones(tiny_spec, store):
 
 # --- no reach to test targets -------------------------------------------------------------------------------------
 
-from harness.validate_plugin import content_digest  # noqa: E402
+from harness.plugins.checks import content_digest  # noqa: E402
 
 
 class Snoop(Method):
@@ -171,7 +171,7 @@ def test_trainview_holds_nothing_derived_from_test_targets(tmp_path, store, plug
         folder.mkdir()
         cards.append((write_card(folder, "leak", "s3rec", {"sequences": path}, root), root))
     plugin(Snoop)
-    from harness.protocol import RunSpec
+    from harness.run.spec import RunSpec
     records = [run(RunSpec(method="test-snoop", dataset=str(card), data_dir=str(root), latency_users=5), store)
                for card, root in cards]
     assert records[0]["split_id"] != records[1]["split_id"]

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from harness.api import Budget, Method, TopK, TrainView
+from harness.engines.training import train_with_validation
 from harness.nn.beam import beam_search
-from harness.nn.training import train_with_validation
 from harness.nn.transformer import ModelShape, SIDTransformer
-from harness.sid import PrefixTrie, SIDTable
+from harness.sid import PrefixTrie, SIDTable, sid_report
 
 
 def training_samples(sequences: list[np.ndarray], max_history: int, sliding_window: bool):
@@ -204,7 +204,6 @@ class GenerativeRetrieval(Method):
         """`harness sids report`'s figures for the SIDs this run used (before any dedup / counter token)."""
         if not hasattr(self, "table") or not hasattr(self, "interactions"):
             return None
-        from harness.sid import sid_report
         levels = len(self.table.widths) - (1 if self.table.strategy == "dedup-token" else 0)
         return sid_report(self.table.codes[:, :levels], list(self.table.widths[:levels]),
                           self.table.info.get("recon_error"), self.interactions)

@@ -1,0 +1,1 @@
+"""The user's door: the `harness` command, one module per command group (`python -m harness`)."""

@@ -1,0 +1,1 @@
+"""The referee: one (method, dataset, seed, budget, track) → one stored run record."""

@@ -1,0 +1,51 @@
+"""What one run is asked to be (`RunSpec`), and the one place a track's pins are applied to it."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from harness import registry
+from harness.metrics import DEFAULT_KS
+from harness.run.tracks import Track
+
+
+@dataclass
+class RunSpec:
+    method: str
+    dataset: str
+    seed: int = 0
+    budget_seconds: float | None = None
+    max_epochs: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # the user's --set (and tuned values)
+    track_overrides: dict[str, Any] = field(default_factory=dict)  # the track's pins for this method
+    protocol: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    ks: Sequence[int] = DEFAULT_KS
+    track: str | None = None
+    device: str = "auto"
+    data_dir: str | None = None
+    latency_users: int = 100
+    throughput_batch: int = 256
+    command: str | None = None
+    evaluate_test: bool = True  # False for tuning trials: the test targets are then never touched
+    purpose: str = "eval"  # "eval" runs go on the board; "tune" runs are trials of a study
+    on_validate: Callable[[int, dict[str, float]], None] | None = field(default=None, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict)  # stored in the record as is (e.g. tuning provenance)
+
+    @classmethod
+    def for_track(cls, track: Track, method: str, dataset: str, **asked: Any) -> "RunSpec":
+        """A spec under the track's pins: budget, epoch cap, protocol, dataset options, cut-offs, device, the
+        method's sizes and, for SID methods, the embedder. What is asked wins; a protocol or dataset options asked
+        for are laid over the track's rather than replacing them."""
+        pins = dict(track.method_overrides.get(method, {}))
+        if "embedder" in registry.get(method).default_config:  # the track pins the embedder of SID methods
+            pins.setdefault("embedder", track.embedder)
+        spec = cls(method=method, dataset=dataset, track=track.name, track_overrides=pins,
+                   budget_seconds=track.budget_seconds, max_epochs=track.max_epochs, protocol=dict(track.protocol),
+                   dataset_options=dict(track.dataset_options.get(dataset, {})), ks=list(track.ks),
+                   device=track.device)
+        asked = dict(asked)
+        asked["protocol"] = {**spec.protocol, **asked.get("protocol", {})}
+        asked["dataset_options"] = {**spec.dataset_options, **asked.get("dataset_options", {})}
+        return dataclasses.replace(spec, **asked)

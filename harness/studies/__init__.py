@@ -1,0 +1,1 @@
+"""Many runs: several seeds of one configuration, tuning studies, a plugin's declared ablations."""
