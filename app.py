@@ -24,7 +24,7 @@ st.set_page_config(page_title="gr-harness leaderboard", layout="wide")
 
 def local_store() -> RunStore | None:
     """The local store, only if it already exists (opening it must not create anything)."""
-    url = default_url(default_runs_dir())
+    url = default_url()
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
         return None
     return RunStore(url, default_runs_dir())
@@ -42,7 +42,8 @@ def numeric_rows(results: ResultSet, metric: str) -> pd.DataFrame:
         values = [r["metrics"]["test"].get(metric) for r in records]
         s = seed_summary([v for v in values if v is not None])
         lat = [(r.get("latency") or {}).get("p50_ms") for r in records]
-        train = [(r.get("used") or {}).get("train_seconds") for r in records]
+        # process CPU seconds of fit (stages included): a cost that load on the machine does not inflate
+        train = [(r.get("used") or {}).get("cpu_seconds", (r.get("used") or {}).get("train_seconds")) for r in records]
         lat, train = [x for x in lat if x is not None], [x for x in train if x is not None]
         rows.append({"method": label, metric: s["mean"],  # 0.0 s is a real time (pop), only None is missing
                      "p50_ms": float(np.median(lat)) if lat else np.nan,
@@ -82,8 +83,8 @@ def leaderboard_view(results: ResultSet) -> None:
     st.caption(f"{len(subset.records)} runs · split {subset.records[0].get('split_id', '')[:12]} · ties: methods not "
                f"significantly below the best on {metric} (Wilcoxon over users, Holm-corrected, α = 0.05)")
     table = pd.DataFrame(rows)
-    table.insert(0, "", ["★ best" if r["tied_with_best"] == "best" else ("≈ tied" if r["tied_with_best"] == "tied"
-                                                                        else "") for r in rows])
+    marks = {"best": "★ best", "tied": "≈ tied", "different": "", "n/a": "not ranked"}
+    table.insert(0, "", [marks[r["tied_with_best"]] for r in rows])
     table["verified"] = ["✓ reproduced" if r["verified"] else "" for r in rows]
     st.dataframe(table.drop(columns=["tied_with_best"]), hide_index=True, use_container_width=True)
     if any(r["verified"] for r in rows):
@@ -93,7 +94,7 @@ def leaderboard_view(results: ResultSet) -> None:
     left, right = st.columns(2)
     left.altair_chart(cost_chart(numbers, "p50_ms", metric, f"{metric} vs latency (p50 ms/user)"),
                       use_container_width=True)
-    right.altair_chart(cost_chart(numbers, "train_s", metric, f"{metric} vs training time (s)"),
+    right.altair_chart(cost_chart(numbers, "train_s", metric, f"{metric} vs training cost (CPU s)"),
                        use_container_width=True)
     spread = pd.DataFrame([{"method": row_label(r), "seed": r.get("seed"), metric: r["metrics"]["test"].get(metric)}
                            for r in subset.records])

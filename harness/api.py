@@ -5,13 +5,14 @@ Nothing reachable from a `TrainView` holds test targets: the referee keeps them 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, ContextManager, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,16 +49,22 @@ class TopK:
 
 
 class Budget:
-    """Training budget: wall-clock seconds and an optional epoch cap.
+    """Training budget: an epoch cap and a wall-clock safety cap.
 
-    Plugins poll `exhausted()` in their loops and stop cleanly; the harness also stops a plugin that does not
-    (shortly after the deadline) and records the run as `over_budget`.
+    What a track asks of a method is deterministic: at most `max_epochs` epochs and the method's own early stopping
+    (patience). The clock (`seconds`) is only a safety cap; a run it ends is recorded `budget_bound`, never ranked.
+    Plugins poll `exhausted()` in their loops and stop cleanly; the harness also stops a plugin that does not (shortly
+    after the cap) and records the run as `over_budget`. Time inside harness stages (embeddings, SIDs, validation;
+    see `paused`) is not charged to the clock.
     """
 
     def __init__(self, seconds: float | None = None, max_epochs: int | None = None):
         self.seconds = seconds
         self.max_epochs = max_epochs
         self._start: float | None = None
+        self._paused = 0.0  # seconds spent in paused stages, finished ones
+        self._pause_depth = 0
+        self._pause_start = 0.0
         self.epochs_done = 0
 
     def start(self) -> None:
@@ -65,7 +72,12 @@ class Budget:
 
     @property
     def elapsed(self) -> float:
-        return 0.0 if self._start is None else time.monotonic() - self._start
+        """Seconds charged to the clock: since `start`, less the paused stages."""
+        if self._start is None:
+            return 0.0
+        now = time.monotonic()
+        running_pause = now - self._pause_start if self._pause_depth else 0.0
+        return now - self._start - self._paused - running_pause
 
     @property
     def remaining(self) -> float:
@@ -73,6 +85,19 @@ class Budget:
 
     def exhausted(self) -> bool:
         return self.seconds is not None and self.elapsed >= self.seconds
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """A stretch not charged to the clock (nested stretches count once)."""
+        if self._pause_depth == 0:
+            self._pause_start = time.monotonic()
+        self._pause_depth += 1
+        try:
+            yield
+        finally:
+            self._pause_depth -= 1
+            if self._pause_depth == 0:
+                self._paused += time.monotonic() - self._pause_start
 
     def epochs(self, default: int) -> int:
         """The number of epochs to plan for: the plugin's own cap, limited by the budget's cap."""
@@ -83,6 +108,12 @@ class Budget:
 
     def describe(self) -> dict[str, Any]:
         return {"seconds": self.seconds, "max_epochs": self.max_epochs}
+
+
+def _frozen(values: np.ndarray) -> np.ndarray:
+    out = np.array(values, dtype=np.int64, copy=True)
+    out.setflags(write=False)
+    return out
 
 
 class TrainView:
@@ -98,6 +129,8 @@ class TrainView:
       included; `sequences` then holds each user's positives) and `protocol` (threshold, block sizes)
     - `interactions()`: the training interactions as the leakage guard's `TrainInteractions`
     - `semantic_ids(**options)`: the SID provider over this catalogue (DESIGN §3)
+    - `stage(name)`: a context for fitting what the method stands on (embeddings, codes, collaborative tables): not
+      charged to the training clock, its cost recorded in `provenance["stages"]`
 
     The referee builds it and hands it the training interactions and the SID provider; the contract imports none
     of that machinery.
@@ -107,8 +140,10 @@ class TrainView:
                  validate: Callable[["Method"], dict[str, float]], device: torch.device, seed: int,
                  work_dir: Path, dataset: str, exposures: pd.DataFrame | None = None,
                  users: pd.DataFrame | None = None, protocol: dict[str, Any] | None = None,
-                 interactions: TrainInteractions | None = None, sid_provider: Callable[..., Any] | None = None):
-        self.sequences = sequences
+                 interactions: TrainInteractions | None = None, sid_provider: Callable[..., Any] | None = None,
+                 pause: Callable[[], ContextManager[None]] | None = None):
+        # copies, read-only: an in-place edit raises, and no array shares memory with the held-out tails
+        self.sequences = [_frozen(s) for s in sequences]
         self.n_items = n_items
         self.n_users = len(sequences)
         self.items = items
@@ -124,6 +159,19 @@ class TrainView:
         self.provenance: dict[str, Any] = {}  # features and SIDs the plugin drew; copied into the run record
         self._interactions = interactions
         self._sid_provider = sid_provider
+        self._pause = pause or contextlib.nullcontext
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Fit a stage (embeddings, SIDs, ...) outside the training clock; its wall and CPU seconds are recorded."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        with self._pause():
+            try:
+                yield
+            finally:
+                self.provenance.setdefault("stages", []).append(
+                    {"stage": name, "seconds": round(time.perf_counter() - wall, 3),
+                     "cpu_seconds": round(time.process_time() - cpu, 3)})
 
     def item_text(self) -> list[str]:
         """Each item's text from the card's text fields (as the embedders read it)."""
@@ -133,8 +181,9 @@ class TrainView:
         """The SID provider (`harness.sid.semantic_ids`) over this catalogue: (SIDTable, provenance)."""
         if self._sid_provider is None:
             raise HarnessError("this TrainView has no SID provider: the referee passes `sid_provider=`")
-        table, provenance = self._sid_provider(self.items, self.text_fields, interactions=self.interactions(),
-                                               **options)
+        with self.stage("sids"):
+            table, provenance = self._sid_provider(self.items, self.text_fields, interactions=self.interactions(),
+                                                   **options)
         self.provenance.setdefault("sids", []).append(provenance)
         return table, provenance
 

@@ -8,7 +8,8 @@ Ranking rules:
   later entry with an equal score (pessimistic ties); a target absent from the list is a miss;
 - history exclusion (a protocol parameter, off by default as in TIGER/GRID): history items cannot be recommended;
   a target that is itself in the history is then a miss.
-MRR is over the full catalogue for score matrices and truncated at the list length for top-k lists.
+MRR is truncated at the largest cut-off (MRR@max k) in both modes, so a score-based and a list-based method are
+measured alike (metric_version 2; version 1 took score matrices over the full catalogue).
 
 Labelled exposures: AUC is the Mann-Whitney statistic with average ranks for ties (as scikit-learn); log-loss for
 probabilities; with several targets per user Recall@k = targets in the top k / targets and NDCG@k has the ideal DCG
@@ -112,7 +113,9 @@ def metrics_from_ranks(ranks: torch.Tensor, ks: Sequence[int]) -> dict[str, np.n
         per_user[f"recall@{k}"] = hit.double().numpy()
         gain = torch.where(hit, 1.0 / torch.log2(torch.where(finite, ranks, 0.0) + 2.0), 0.0)
         per_user[f"ndcg@{k}"] = gain.numpy()
-    per_user["mrr"] = torch.where(finite, 1.0 / (torch.where(finite, ranks, 0.0) + 1.0), 0.0).numpy()
+    # MRR truncated at the largest cut-off, whether the ranks came from a score matrix or a top-k list of that length
+    within = finite & (ranks < max(ks))
+    per_user["mrr"] = torch.where(within, 1.0 / (torch.where(finite, ranks, 0.0) + 1.0), 0.0).numpy()
     return per_user
 
 

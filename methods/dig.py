@@ -32,11 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.api import Budget, ExposureHistory, Method, TopK, TrainView, register
+from harness.engines.training import train_with_validation
+from harness.features import embed_items
 from harness.features.cross import (CROSS_FEATURES, candidate_queries, cross_features, exposures_from_sequences,
                                     feature_priors)
-from harness.engines.training import train_with_validation
 from harness.nn.ranker import Mixer
 from harness.sid.ema_rq import AddressingQuantizer
+from harness.sid.tokenizers import make_tokenizer
 
 N_CROSS = len(CROSS_FEATURES)
 ITEM_COLUMNS = slice(6, 8)  # the item-level cross features (popularity and like rate so far)
@@ -91,7 +93,6 @@ def bucket_means(values: torch.Tensor, codes: torch.Tensor, level: int) -> torch
 
 def balanced_tree_codes(x: np.ndarray, levels: int, width: int, seed: int) -> np.ndarray:
     """Zero-collision starting codes: the harness's hierarchical balanced k-means (W^L ≥ items)."""
-    from harness.sid.tokenizers import make_tokenizer
     return make_tokenizer("balanced", levels=levels, width=width, seed=seed).fit(x).codes
 
 
@@ -107,8 +108,8 @@ class DIG(Method):
 
     # ---- data -------------------------------------------------------------------------------------------------
     def _static_features(self, train: TrainView) -> np.ndarray:
-        from harness.features import embed_items
-        text, provenance = embed_items(train.items, train.text_fields, self.config["embedder"])
+        with train.stage("features"):
+            text, provenance = embed_items(train.items, train.text_fields, self.config["embedder"])
         train.provenance["static_features"] = provenance
         attrs = list(train.items["attrs"])
         n_cats = max((max(a) for a in attrs if len(a)), default=-1) + 1

@@ -17,7 +17,6 @@ then `generator_epochs` generator epochs (tokenizer frozen; code CE + alignment)
 from __future__ import annotations
 
 import copy
-import time
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ from tqdm import tqdm
 from harness.api import Budget, TrainView, check_finite, register
 from harness.engines.generative import GenerativeRetrieval, training_samples
 from harness.errors import HarnessError
+from harness.features import embed_items
 from harness.nn.transformer import SIDTransformer
 from harness.sid import build_table
 from harness.sid.tokenizers import RQVAEModel, standardise
@@ -152,10 +152,10 @@ class ETEGRec(GenerativeRetrieval):
         self.device = train.device
         torch.manual_seed(train.seed)
         generator = torch.Generator().manual_seed(train.seed)
-        from harness.features import embed_items
         self.interactions = train.interactions()
-        cf, provenance = embed_items(train.items, train.text_fields, "sasrec-cf", self.interactions,
-                                     **cfg["collaborative_options"])
+        with train.stage("collaborative"):
+            cf, provenance = embed_items(train.items, train.text_fields, "sasrec-cf", self.interactions,
+                                         **cfg["collaborative_options"])
         train.provenance.setdefault("features", []).append(provenance)
         cf = standardise(cf)  # as LETTER's tokenizer does with its inputs
         self.cf = torch.as_tensor(cf, dtype=torch.float32, device=self.device)
@@ -175,7 +175,7 @@ class ETEGRec(GenerativeRetrieval):
             "tokenizer": torch.optim.Adam([*self.tokenizer.parameters(), *self.align.parameters()],
                                           lr=cfg["tokenizer_lr"])}
         users, hists, targets = training_samples(train.sequences, cfg["max_history"], cfg["sliding_window"])
-        best, best_state, bad, step, last_validation = -float("inf"), None, 0, 0, 0.0
+        best, best_state, bad, step = -float("inf"), None, 0, 0
         cycle = cfg["generator_epochs"] + 1
         for epoch in tqdm(range(budget.epochs(int(cfg["epochs"]))), desc="etegrec epochs", leave=False, disable=None):
             phase = "tokenizer" if epoch % cycle == cycle - 1 else "generator"
@@ -184,19 +184,15 @@ class ETEGRec(GenerativeRetrieval):
             if phase == "tokenizer":
                 self.recomputations.append({"epoch": epoch + 1, **self.recompute_codes()})
             budget.epoch_done()
-            if budget.exhausted() or (best_state is not None and budget.remaining < 1.2 * last_validation):
-                break  # a validation the budget cannot fit is not started (the last one's duration says)
-            parts.eval()
-            started = time.monotonic()
+            parts.eval()  # every epoch is validated, the one the clock ended too
             value = train.validate(self)[cfg["valid_metric"]]
-            last_validation = time.monotonic() - started
             if value > best:
                 best, bad = value, 0
                 best_state = (copy.deepcopy(parts.state_dict()), self.table)
             else:
                 bad += 1
-                if bad >= cfg["patience"]:
-                    break
+            if budget.exhausted() or bad >= cfg["patience"]:
+                break
         if best_state is not None:  # the best generator together with the codes it was validated on
             parts.load_state_dict(best_state[0])
             self.table = None

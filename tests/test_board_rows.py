@@ -1,4 +1,5 @@
-"""Board rows: a rerun seed counts once, and stored tokenizer reports compare side by side."""
+"""Board rows: comparable records only, reruns flagged not replaced, who may be ranked, and the statistics behind
+the tie column; stored tokenizer reports side by side."""
 from __future__ import annotations
 
 from harness.board.results import ResultSet
@@ -20,12 +21,15 @@ def _report(collisions, lift):
             "neighbourhood": [{"prefix_len": 1, "lift": lift}, {"prefix_len": 2, "lift": 2 * lift}]}
 
 
-def test_a_rerun_seed_counts_once_and_the_newest_record_stands():
+def test_a_rerun_seed_counts_once_and_a_disagreeing_rerun_is_flagged_not_replaced():
     results = ResultSet(records=[_record("20260101T000000-a", "tiger", 0, 0.1),
                                  _record("20260102T000000-b", "tiger", 0, 0.3),
-                                 _record("20260101T000000-c", "tiger", 1, 0.2)])
+                                 _record("20260101T000000-c", "tiger", 1, 0.2),
+                                 _record("20260103T000000-d", "tiger", 1, 0.2)])
     rows = results.groups()["tiger"]
-    assert [(r["seed"], r["run_id"][-1]) for r in rows] == [(0, "b"), (1, "c")]
+    assert [(r["seed"], r["run_id"][-1]) for r in rows] == [(0, "a"), (1, "c")]  # the first record stands
+    flagged = results.reruns()["tiger"]
+    assert [(d["seed"], [v["recall@10"] for v in d["values"]]) for d in flagged] == [(0, [0.1, 0.3])]
 
 
 def test_tokenizer_reports_side_by_side():
@@ -67,3 +71,79 @@ def test_rows_without_per_user_terms_are_decided_by_their_seeds():
     by = {r["label"]: r for r in rows}
     assert by["a"]["best"] and by["b"]["decided_by"] == "welch" and by["b"]["tied"] is False
     assert by["b"]["diff"] < 0 and by["c"]["tied"] is True
+
+
+def _pop(run_id, seed, split="s", seconds=600, recall=0.1, status="ok"):
+    record = _record(run_id, "pop", seed, recall)
+    record.update(split_id=split, budget={"seconds": seconds, "max_epochs": 30}, status=status)
+    return record
+
+
+def test_rows_never_pool_records_of_different_splits_or_budgets():
+    results = ResultSet(records=[_pop("1", 0, "s1"), _pop("2", 0, "s2"), _pop("3", 0, "s3", seconds=60),
+                                 _pop("4", 0, "s3", seconds=600)])
+    names = sorted(results.groups())
+    assert len(names) == 4 and all(name.startswith("pop [") for name in names), names
+    assert any("split s1" in name for name in names) and any("budget 60s" in name for name in names)
+
+
+def test_a_budget_bound_row_is_shown_apart_and_never_ranked():
+    from harness.board.tables import leaderboard_rows
+    records = [_pop(f"a{s}", s, recall=0.1 + s / 100) for s in range(3)]
+    records += [_pop(f"b{s}", s, recall=0.5, status="budget_bound") for s in range(3)]
+    rows = {r["method"]: r for r in leaderboard_rows(ResultSet(records=records), [10], "recall@10")}
+    assert rows["pop (budget-bound)"]["tied_with_best"] == "n/a" and "budget-bound" in rows["pop (budget-bound)"]["note"]
+    assert rows["pop"]["tied_with_best"] == "best"
+
+
+def test_a_row_needs_the_tracks_seeds_to_be_ranked():
+    from harness.board.tables import leaderboard_rows
+    records = [_pop("a0", 0, recall=0.9)] + [_record(f"t{s}", "tiger", s, 0.2 + s / 100) for s in range(3)]
+    rows = {r["method"]: r for r in leaderboard_rows(ResultSet(records=records), [10], "recall@10")}
+    assert rows["pop"]["tied_with_best"] == "n/a" and "1 of the 3 seeds" in rows["pop"]["note"]
+    assert rows["tiger"]["tied_with_best"] == "best"  # one seed's luck cannot be best
+
+
+def test_tie_words_leave_no_cell_ambiguous():
+    from harness.board.tables import tie_word
+    assert [tie_word(t) for t in ({"best": True}, {"tied": True}, {"tied": False}, {"tied": None}, None)] == \
+        ["best", "tied", "different", "n/a", "n/a"]
+
+
+def test_compare_refuses_rows_of_different_splits():
+    import pytest
+
+    from harness.board.tables import compare_rows
+    from harness.errors import HarnessError
+    results = ResultSet(records=[_pop("1", 0, "split-one"), _record("2", "tiger", 0, 0.2)])
+    with pytest.raises(HarnessError, match="different splits"):
+        compare_rows(results, results.groups(), "recall@10", "wilcoxon", "holm", 0.05)
+
+
+def test_the_bootstrap_gives_a_real_p_value():
+    import numpy as np
+
+    from harness.board.stats import paired
+    rng = np.random.default_rng(0)
+    base = rng.random(400)
+    clear = paired(base + 0.2, base + rng.normal(0, 0.05, 400), n_boot=999)
+    noise = paired(base + rng.normal(0, 0.05, 400), base + rng.normal(0, 0.05, 400), n_boot=999)
+    assert 0 < clear["p_bootstrap"] < 0.01 and noise["p_bootstrap"] > 0.05
+
+
+def test_an_ablation_delta_row_is_corrected_over_its_metrics():
+    import numpy as np
+
+    from harness.studies.ablations import ablation_tables
+
+    class Variants:
+        name = "demo"
+        ablations = {"tables": [{"title": "T", "rows": ["A", "B"], "metrics": ["recall@10", "ndcg@10"]}]}
+
+    rng = np.random.default_rng(1)
+    arrays = {name: {"recall@10": rng.random(200) + shift, "ndcg@10": rng.random(200) + shift}
+              for name, shift in (("A", 0.0), ("B", 0.05))}
+    records = {name: [{**_record(f"{name}{s}", name, s, 0.1), "variant": name} for s in range(2)] for name in "AB"}
+    [(_, rows)] = ablation_tables(Variants, records, lambda r: arrays[r["variant"]])
+    delta = rows[-1]
+    assert delta["config"].startswith("Δ B") and "p_holm=" in delta["recall@10"] and "p_holm=" in delta["ndcg@10"]

@@ -6,6 +6,7 @@ every cut-off is recomputed from the rank, so a published board supports the sam
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -63,23 +64,75 @@ class ResultSet:
         return metrics_from_ranks(ranks_f, ks)
 
     def groups(self) -> dict[str, list[dict[str, Any]]]:
-        """Board rows: records grouped by label; configurations differing under one label are kept apart. A seed
-        run again (`--force`) counts once: its newest record (run ids begin with their start time) stands."""
-        newest: dict[tuple, dict[str, Any]] = {}
-        for record in self.records:
-            key = (row_label(record), record.get("method_config_hash", ""), record.get("split_id"),
-                   (record.get("budget") or {}).get("seconds"), record.get("seed", 0))
-            if key not in newest or record["run_id"] > newest[key]["run_id"]:
-                newest[key] = record
-        by_label: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-        for record in newest.values():
-            by_label[row_label(record)][record.get("method_config_hash", "")].append(record)
-        out = {}
-        for label, by_hash in by_label.items():
-            for cfg, records in by_hash.items():
-                name = label if len(by_hash) == 1 else f"{label}#{cfg[:6]}"
-                out[name] = sorted(records, key=lambda r: r.get("seed", 0))
-        return out
+        """Board rows: records that are comparable (`row_key`) and share a label, one record per seed."""
+        return self.rows()[0]
+
+    def reruns(self) -> dict[str, list[dict[str, Any]]]:
+        """Per board row, the seeds run more than once whose records disagree: {seed, run_ids, values}."""
+        return self.rows()[1]
+
+    def rows(self) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+        """(rows, disagreeing reruns). Every record is kept: a seed run again with the same test metrics counts once;
+        one whose metrics differ is listed as a disagreement, and its first record stands (a rerun never replaces
+        it). Records that differ in any part of `row_key` never share a row: labels that would collide say what
+        tells them apart."""
+        by_label: dict[str, dict[tuple, dict[int, list[dict[str, Any]]]]] = defaultdict(lambda: defaultdict(
+            lambda: defaultdict(list)))
+        for record in sorted(self.records, key=lambda r: r["run_id"]):  # run ids begin with their start time
+            by_label[row_label(record)][row_key(record)][record.get("seed", 0)].append(record)
+        rows: dict[str, list[dict[str, Any]]] = {}
+        disagreements: dict[str, list[dict[str, Any]]] = {}
+        for label, by_key in by_label.items():
+            names = _row_names(label, list(by_key))
+            for key, by_seed in by_key.items():
+                name = names[key]
+                rows[name] = [runs[0] for _, runs in sorted(by_seed.items())]
+                for seed, runs in sorted(by_seed.items()):
+                    values = [r["metrics"].get("test", {}) for r in runs]
+                    if any(v != values[0] for v in values[1:]):
+                        disagreements.setdefault(name, []).append(
+                            {"seed": seed, "run_ids": [r["run_id"] for r in runs], "values": values})
+        return rows, disagreements
+
+
+ROW_PARTS = ("config", "split", "protocol", "budget", "versions", "bound")
+
+
+def row_key(record: dict[str, Any]) -> tuple:
+    """What must be equal for two records to share a board row: the method configuration, the split, the protocol,
+    the track's budget, the metric and protocol versions, and whether the clock ended training (`budget_bound`)."""
+    budget = record.get("budget") or {}
+    return (record.get("method_config_hash", ""), record.get("split_id"),
+            json.dumps(record.get("protocol") or {}, sort_keys=True, default=str),
+            (budget.get("seconds"), budget.get("max_epochs")),
+            (record.get("metric_version"), record.get("protocol_version")),
+            record.get("status") == "budget_bound")
+
+
+def _row_names(label: str, keys: list[tuple]) -> dict[tuple, str]:
+    """`label`, or `label [what differs]` when records under one label are not comparable; `(budget-bound)` always
+    marks runs the clock ended."""
+    varying = {part for i, part in enumerate(ROW_PARTS[:-1]) if len({k[i] for k in keys}) > 1}
+    names = {}
+    for key in keys:
+        config, split, protocol, budget, versions, bound = key
+        said = []
+        if "config" in varying:
+            said.append(f"config {config[:6]}")
+        if "split" in varying:
+            said.append(f"split {str(split)[:8]}")
+        if "protocol" in varying:
+            said.append(f"protocol {json.loads(protocol).get('name', '?')} {content_hash(protocol)[:6]}")
+        if "budget" in varying:
+            said.append(f"budget {budget[0]}s/{budget[1]} epochs")
+        if "versions" in varying:
+            said.append(f"metric v{versions[0]}, protocol v{versions[1]}")
+        names[key] = label + (f" [{', '.join(said)}]" if said else "") + (" (budget-bound)" if bound else "")
+    return names
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def load_results(track: str | None = None, dataset: str | None = None, store: RunStore | None = None,
@@ -115,7 +168,8 @@ def load_results(track: str | None = None, dataset: str | None = None, store: Ru
             candidates.append((record, store))
     seen = set()
     for record, source in candidates:
-        if record["run_id"] in seen or record.get("status") != "ok" or record.get("purpose", "eval") != purpose:
+        if record["run_id"] in seen or record.get("status") not in harness.EVALUATED \
+                or record.get("purpose", "eval") != purpose:
             continue
         if track and record.get("track") != track or dataset and record.get("dataset") != dataset:
             continue

@@ -56,13 +56,18 @@ def paired(a: np.ndarray, b: np.ndarray, n_boot: int = 5000, confidence: float =
     diff = a - b
     out = {"diff": float(diff.mean()), "n_users": int(len(diff))}
     if len(diff) < 2 or not np.any(diff != 0):
-        return {**out, "p_wilcoxon": 1.0, "p_ttest": 1.0, "boot_low": out["diff"], "boot_high": out["diff"],
-                "effect_dz": 0.0}
+        return {**out, "p_wilcoxon": 1.0, "p_ttest": 1.0, "p_bootstrap": 1.0, "boot_low": out["diff"],
+                "boot_high": out["diff"], "effect_dz": 0.0}
     out["p_wilcoxon"] = float(sps.wilcoxon(a, b, zero_method="wilcox").pvalue)
     out["p_ttest"] = float(sps.ttest_rel(a, b).pvalue)
     boot = sps.bootstrap((diff,), np.mean, n_resamples=n_boot, confidence_level=confidence, method="percentile",
                          random_state=np.random.default_rng(seed), batch=max(1, 2_000_000 // len(diff)))
     out["boot_low"], out["boot_high"] = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
+    # two-sided bootstrap p-value: how often a resampled mean difference lies on the other side of zero, doubled
+    # (never 0: the observed sample counts as one resample), so that it can go through a correction like the others
+    means = np.asarray(boot.bootstrap_distribution)
+    tail = min(int((means <= 0).sum()), int((means >= 0).sum()))
+    out["p_bootstrap"] = float(min(1.0, 2 * (tail + 1) / (len(means) + 1)))
     sd = diff.std(ddof=1)
     out["effect_dz"] = float(diff.mean() / sd) if sd > 0 else 0.0
     return out
@@ -102,8 +107,6 @@ def compare_to_best(rows: Sequence[MethodResults], test: str = "wilcoxon", corre
         if i != best and row.per_user is not None and rows[best].per_user is not None:
             entry.update(paired(row.per_user, rows[best].per_user, n_boot=n_boot))
             entry["p_welch"] = welch(row.seed_values, rows[best].seed_values)["p"]
-            if test == "bootstrap":  # the CI of the difference decides: zero inside → not significant
-                entry["p_bootstrap"] = 1.0 if entry["boot_low"] <= 0 <= entry["boot_high"] else 0.0
             raw_p.append((i, entry[f"p_{test}"]))
         elif i != best and len(row.seed_values) >= 2 and len(rows[best].seed_values) >= 2:
             # no per-user terms (e.g. a pooled AUC): the seeds decide, by Welch's test

@@ -37,15 +37,18 @@ def default_runs_dir() -> Path:
 
 
 def default_url(runs_dir: Path | None = None) -> str:
-    if os.environ.get("HARNESS_STORE"):
+    """$HARNESS_STORE, unless a runs folder is named: then the SQLite file in it (a throw-away store of the
+    validator, a submission or a test never lands in the user's store)."""
+    if os.environ.get("HARNESS_STORE") and runs_dir is None:
         return os.environ["HARNESS_STORE"]
     return f"sqlite:///{(runs_dir or default_runs_dir()) / 'harness.db'}"
 
 
 class RunStore:
     def __init__(self, url: str | None = None, runs_dir: str | Path | None = None):
+        """`url` (any SQLAlchemy URL) beats a named `runs_dir`'s SQLite file, which beats $HARNESS_STORE."""
         self.runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
-        self.url = url or default_url(self.runs_dir)
+        self.url = url or default_url(Path(runs_dir) if runs_dir else None)
         if self.url.startswith("sqlite:///"):
             Path(self.url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
             self.engine = create_engine(self.url, connect_args={"timeout": 60})

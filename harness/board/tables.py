@@ -9,6 +9,7 @@ from tabulate import tabulate
 
 from harness.board.results import ResultSet
 from harness.board.stats import MethodResults, compare_to_best, seed_summary
+from harness.errors import HarnessError
 
 FORMATS = {"md": "github", "latex": "latex", "plain": "simple"}
 
@@ -39,17 +40,42 @@ def _ci(values: Sequence[float]) -> str:
     return f"{s['mean']:.4f} ± {s['ci_high'] - s['mean']:.4f}"
 
 
+def ranking(results: ResultSet, groups: dict[str, list[dict]], min_seeds: int = 3) -> tuple[set[str], dict[str, str]]:
+    """Which rows may be ranked or tied, and why each other row may not. A ranked row has the track's seeds, ran
+    converged (not `budget_bound`), has no disagreeing reruns, and shares one split with the others (the split most
+    rows have)."""
+    disagree = results.reruns()
+    splits = [records[0].get("split_id") for records in groups.values()]
+    main_split = max(set(splits), key=splits.count) if splits else None
+    reasons: dict[str, str] = {}
+    for name, records in groups.items():
+        if any(r.get("status") == "budget_bound" for r in records):
+            reasons[name] = "budget-bound: the safety cap ended training"
+        elif len(records) < min_seeds:
+            reasons[name] = f"{len(records)} of the {min_seeds} seeds a ranked row needs"
+        elif name in disagree:
+            reasons[name] = "non-reproducible: " + "; ".join(
+                f"seed {d['seed']} ran {len(d['run_ids'])} times with different metrics" for d in disagree[name])
+        elif records[0].get("split_id") != main_split:
+            reasons[name] = f"another split ({str(records[0].get('split_id'))[:8]}) than the board's"
+    return {name for name in groups if name not in reasons}, reasons
+
+
 def leaderboard_rows(results: ResultSet, ks: Sequence[int], primary: str, correction: str = "holm",
-                     alpha: float = 0.05) -> list[dict[str, Any]]:
+                     alpha: float = 0.05, min_seeds: int = 3) -> list[dict[str, Any]]:
+    """One row per comparable configuration. `tied_with_best`: best, tied (not significantly different from the best
+    after correction), different, or n/a (not ranked; `note` says why)."""
     groups = results.groups()
-    ties = {row["label"]: row for row in compare_to_best(method_results(results, groups, primary),
-                                                         correction=correction, alpha=alpha, n_boot=1000)}
+    ranked, reasons = ranking(results, groups, min_seeds)
+    ties = {row["label"]: row for row in compare_to_best(
+        method_results(results, {k: v for k, v in groups.items() if k in ranked}, primary),
+        correction=correction, alpha=alpha, n_boot=1000)}
+    disagree = results.reruns()
     rows = []
     for label, records in groups.items():
         test = [r["metrics"]["test"] for r in records]
         row: dict[str, Any] = {"method": label, "seeds": len(records)}
-        tie = ties.get(label, {})
-        row["tied_with_best"] = "best" if tie.get("best") else ("tied" if tie.get("tied") else "")
+        row["tied_with_best"] = tie_word(ties.get(label))
         # set only by `harness reproduce --publish`, after a re-run on the publisher's machine matched the bundle
         row["verified"] = "yes" if all(r.get("verified") for r in records) else ""
         for k in ks:
@@ -63,16 +89,33 @@ def leaderboard_rows(results: ResultSet, ks: Sequence[int], primary: str, correc
         row["p99_ms"] = _median([l.get("p99_ms") for l in lat])
         row["users_per_s"] = _median([l.get("users_per_s") for l in lat])
         row["params"] = _median([r.get("params") for r in records])
-        row["train_s"] = _median([r.get("used", {}).get("train_seconds") for r in records])
+        used = [r.get("used") or {} for r in records]
+        row["epochs"] = _median([u.get("epochs") for u in used])
+        row["train_s"] = _median([u.get("train_seconds") for u in used])
+        row["cpu_s"] = _median([u.get("cpu_seconds") for u in used])
+        row["stage_s"] = _median([u.get("stage_seconds") for u in used])
         row["budget_s"] = records[0].get("budget", {}).get("seconds")
+        row["cold_targets"] = _median([(r.get("eval") or {}).get("cold_target_share") for r in records])
         row["tuning_trials"] = (records[0].get("tuning") or {}).get("trials", 0)
-        row["note"] = "fewer than 3 seeds: not a board entry" if len(records) < 3 else ""
+        notes = [reasons[label]] if label in reasons else []
+        notes += [f"seed {d['seed']} reruns: " + " vs ".join(f"{primary} {v.get(primary, float('nan')):.4f}"
+                                                            for v in d["values"]) for d in disagree.get(label, [])]
+        row["note"] = "; ".join(notes)
         row["_mean"] = seed_summary([t[primary] for t in test if primary in t])["mean"]
         rows.append(row)
-    rows.sort(key=lambda r: -np.nan_to_num(r["_mean"], nan=-1))
+    rows.sort(key=lambda r: (r["tied_with_best"] == "n/a", -np.nan_to_num(r["_mean"], nan=-1)))
     for row in rows:
         row.pop("_mean")
     return rows
+
+
+def tie_word(tie: dict[str, Any] | None) -> str:
+    """best / tied / different / n/a: never an empty cell that could mean either 'not tied' or 'unknown'."""
+    if not tie:
+        return "n/a"
+    if tie.get("best"):
+        return "best"
+    return {True: "tied", False: "different"}.get(tie.get("tied"), "n/a")
 
 
 def _median(values):
@@ -82,6 +125,14 @@ def _median(values):
 
 def compare_rows(results: ResultSet, labels: dict[str, list[dict]], metric: str, test: str, correction: str,
                  alpha: float) -> list[dict[str, Any]]:
+    """Paired statistics of rows against the best. Rows of different splits cannot be paired: refused."""
+    splits = {str(r.get("split_id")) for records in labels.values() for r in records}
+    if len(splits) > 1:
+        by_split = {s: sorted(n for n, recs in labels.items() if any(str(r.get("split_id")) == s for r in recs))
+                    for s in sorted(splits)}
+        raise HarnessError("the rows were run on different splits and cannot be paired: " + "; ".join(
+            f"split {s[:8]}: {', '.join(names)}" for s, names in by_split.items())
+            + " (pick rows of one split with --methods, or one track with --track)")
     rows = compare_to_best(method_results(results, labels, metric), test=test, correction=correction, alpha=alpha)
     out = []
     for row in rows:
@@ -94,8 +145,7 @@ def compare_rows(results: ResultSet, labels: dict[str, list[dict]], metric: str,
             "p wilcoxon": _fmt(row.get("p_wilcoxon"), ".2e"), "p paired-t": _fmt(row.get("p_ttest"), ".2e"),
             "p welch (seeds)": _fmt(row.get("p_welch"), ".2e"), f"p adj ({correction}, {test})": _fmt(row.get("p_adj"), ".2e"),
             "d_z": _fmt(row.get("effect_dz"), "+.3f"),
-            "tied": ("best" if row["best"] else ("yes" if row.get("tied") else ("no" if row.get("tied") is False else "?"))
-                     + (" (welch, seeds)" if row.get("decided_by") == "welch" else "")),
+            "tied": tie_word(row) + (" (welch, seeds)" if row.get("decided_by") == "welch" else ""),
         })
     return out
 

@@ -61,12 +61,13 @@ def read_results(args: argparse.Namespace, dataset: str | None) -> ResultSet:
     return results
 
 
-def _primary(args: argparse.Namespace) -> tuple[str, list[int]]:
+def _primary(args: argparse.Namespace) -> tuple[str, list[int], int]:
+    """The board's primary metric, cut-offs and the seeds a ranked row needs (the track's, at least 3)."""
     from harness.run.tracks import load_track
     if args.track:
         track = load_track(args.track)
-        return track.primary_metric, list(track.ks)
-    return "ndcg@10", [5, 10, 20, 50]
+        return track.primary_metric, list(track.ks), max(3, track.seeds)
+    return "ndcg@10", [5, 10, 20, 50], 3
 
 
 def cmd_compare(args: argparse.Namespace, argv=None) -> int:
@@ -89,8 +90,8 @@ def cmd_leaderboard(args: argparse.Namespace, argv=None) -> int:
     if not results.records:
         raise HarnessError(f"no ok records for dataset {args.dataset!r}"
                            + (f" in track {args.track!r}" if args.track else "") + "; run `harness run` first")
-    primary, ks = _primary(args)
-    print(render(leaderboard_rows(results, ks, primary, args.correction, args.alpha), args.format))
+    primary, ks, min_seeds = _primary(args)
+    print(render(leaderboard_rows(results, ks, primary, args.correction, args.alpha, min_seeds), args.format))
     return 0
 
 
@@ -112,8 +113,9 @@ def cmd_export(args: argparse.Namespace, argv=None) -> int:
         if not results.records:
             print(f"{dataset}: no ok records, nothing exported")
             continue
-        ks, primary = (track.ks, track.primary_metric) if track else ([5, 10, 20, 50], "ndcg@10")
-        table = render(leaderboard_rows(results, ks, primary, args.correction, args.alpha), "md")
+        ks, primary, min_seeds = (track.ks, track.primary_metric, max(3, track.seeds)) if track \
+            else ([5, 10, 20, 50], "ndcg@10", 3)
+        table = render(leaderboard_rows(results, ks, primary, args.correction, args.alpha, min_seeds), "md")
         path = export_board(results, track.name if track else "untracked", dataset, out, table)
         print(f"{dataset}: {len(results.records)} records → {path}")
     return 0

@@ -82,12 +82,20 @@ def build_dataset(name: str, users: np.ndarray, items: np.ndarray, ts: np.ndarra
                   ratings: np.ndarray | None = None, user_ids: np.ndarray | None = None,
                   text_fields: list[str] | None = None, meta: dict[str, Any] | None = None,
                   user_table: pd.DataFrame | None = None) -> Dataset:
-    """Canonicalise raw arrays: users/items must already be dense indices; rows sorted stably by (user, ts).
+    """Canonicalise raw arrays: users/items must already be dense indices (item i = row i of `item_table`, whose
+    `item_id` is the raw id); rows sorted stably by (user, ts).
 
-    `user_table` (column `user_id` = raw id, then features) is reordered so that row u describes dense user u;
-    rows of users without interactions are dropped, and a user missing from it is an error.
+    Items are then renumbered by `canonical_order`, so that an item's index says nothing about the file it came
+    from (`source_index` keeps its position there). `user_table` (column `user_id` = raw id, then features) is
+    reordered so that row u describes dense user u; rows of users without interactions are dropped, and a user
+    missing from it is an error.
     """
-    frame = pd.DataFrame({"user": np.asarray(users, dtype=np.int64), "item": np.asarray(items, dtype=np.int64),
+    order = canonical_order(item_table["item_id"].astype(str).to_numpy())
+    new_index = np.empty(len(order), dtype=np.int64)
+    new_index[order] = np.arange(len(order))
+    item_table = item_table.assign(source_index=np.arange(len(item_table))).iloc[order]
+    frame = pd.DataFrame({"user": np.asarray(users, dtype=np.int64),
+                          "item": new_index[np.asarray(items, dtype=np.int64)],
                           "ts": np.asarray(ts, dtype=np.int64)})
     if ratings is not None:
         frame["rating"] = np.asarray(ratings, dtype=np.float64)
@@ -102,6 +110,16 @@ def build_dataset(name: str, users: np.ndarray, items: np.ndarray, ts: np.ndarra
         user_table = _align_users(user_table, user_ids)
     return Dataset(name=name, interactions=frame, items=item_table.reset_index(drop=True),
                    user_ids=user_ids, text_fields=list(text_fields or []), meta=dict(meta or {}), users=user_table)
+
+
+ITEM_ORDER_SALT = "gr-harness item order v1"
+
+
+def canonical_order(raw_ids: np.ndarray) -> np.ndarray:
+    """The canonical item order: raw ids sorted by a salted sha256 of their text. Deterministic on every machine and
+    independent of file order, first appearance or popularity, so that id arithmetic carries no signal."""
+    keys = [hashlib.sha256(f"{ITEM_ORDER_SALT}:{raw}".encode()).hexdigest() for raw in raw_ids]
+    return np.argsort(np.array(keys), kind="stable")
 
 
 def _align_users(user_table: pd.DataFrame, user_ids: np.ndarray) -> pd.DataFrame:

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+
 from harness.data.dataset import Dataset
 from harness.data.labelled import LabelledSplit, labelled_split
 from harness.data.split import DEFAULT_PROTOCOL, Split, leave_one_out
+from harness.data.temporal import temporal_split
 from harness.errors import ConfigError
 
 LABELLED = "labelled"
 PROTOCOLS: dict[str, Callable[[Dataset, dict[str, Any]], Split | LabelledSplit]] = {
     "leave-one-out": leave_one_out,  # last item = test, second-to-last = validation (TIGER / P5 / GRID)
     LABELLED: labelled_split,        # rated exposures, label = rating >= threshold; AUC beside retrieval
+    "temporal": temporal_split,      # one global cut-off time, training strictly before it
 }
 
 
@@ -34,6 +38,17 @@ def resolve(card_protocol: dict[str, Any], asked: dict[str, Any]) -> dict[str, A
     if asked.get("name", card_protocol.get("name")) != card_protocol.get("name"):
         return dict(asked)
     return {**card_protocol, **asked}
+
+
+def cold_targets(split: Split | LabelledSplit) -> dict[str, float]:
+    """How many test targets never occur in training (no method can have learnt them from interactions)."""
+    seen = np.zeros(0, dtype=np.int64)
+    if split.train_sequences:
+        seen = np.unique(np.concatenate([np.asarray(s, dtype=np.int64) for s in split.train_sequences]))
+    targets = split.test.targets
+    flat = np.concatenate([np.atleast_1d(t) for t in targets]) if len(targets) else np.zeros(0, dtype=np.int64)
+    cold = int((~np.isin(flat, seen)).sum())
+    return {"cold_targets": cold, "cold_target_share": round(cold / len(flat), 6) if len(flat) else 0.0}
 
 
 def make_split(dataset: Dataset, protocol: dict[str, Any] | None = None) -> Split | LabelledSplit:

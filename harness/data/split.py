@@ -24,6 +24,7 @@ def resolve_protocol(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     unknown = set(protocol) - set(DEFAULT_PROTOCOL)
     if unknown:
         raise ConfigError(f"unknown protocol parameter(s) {sorted(unknown)}; known: {sorted(DEFAULT_PROTOCOL)}")
+    protocol["exclude_history"] = bool(protocol["exclude_history"])  # 0, false and no name one split
     return protocol
 
 

@@ -174,7 +174,7 @@ class GenerativeRetrieval(Method):
         for row, hist in enumerate(histories):
             tail = np.asarray(hist[-n:], dtype=np.int64)
             if len(tail):
-                out[row, n - len(tail):] = torch.from_numpy(tail)
+                out[row, n - len(tail):] = torch.tensor(tail)  # a copy: views may be read-only
         return out
 
     @torch.no_grad()

@@ -1,8 +1,12 @@
 """The training loop every neural plugin shares: epochs under the budget, NaN guard, validation through the
-harness, early stopping on the best validation state."""
+harness every `eval_every` epochs, early stopping on the best validation state.
+
+Nothing here reads the clock to decide what to train: the epoch cap and patience do, so the same seed trains the same
+epochs on a loaded or a quiet machine. The clock only ends a run that would pass the budget's safety cap, and even
+then the state trained last is validated before the best one is kept, so no trained epoch is thrown away.
+"""
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Iterable
 
 import torch
@@ -19,7 +23,14 @@ def train_with_validation(method: Method, module: torch.nn.Module, train: TrainV
     valid_metric and patience from `cfg`; leaves `module` at its best validation state, in eval mode."""
     stopper = EarlyStopping(cfg["valid_metric"], cfg["patience"])
     step = 0
-    last_validation = 0.0  # seconds the last validation took: one that cannot finish in the budget is not started
+    trained = validated = 0  # epochs trained, and the epoch whose state was validated last
+
+    def validate() -> bool:
+        nonlocal validated
+        module.eval()
+        validated = trained
+        return stopper.update(train.validate(method), module)
+
     for epoch in tqdm(range(budget.epochs(int(cfg["epochs"]))), desc=f"{method.name} epochs", leave=False,
                       disable=None):
         module.train()
@@ -37,16 +48,12 @@ def train_with_validation(method: Method, module: torch.nn.Module, train: TrainV
                 scheduler.step()
             step += 1
         budget.epoch_done()
+        trained = epoch + 1
         if budget.exhausted():
             break
-        if (epoch + 1) % cfg["eval_every"] == 0:
-            if stopper.best_state is not None and budget.remaining < 1.2 * last_validation:
-                break
-            module.eval()
-            started = time.monotonic()
-            metrics = train.validate(method)
-            last_validation = time.monotonic() - started
-            if stopper.update(metrics, module):
-                break
+        if trained % cfg["eval_every"] == 0 and validate():
+            break
+    if trained > validated:  # the last epochs were trained after the last validation: judge them too
+        validate()
     stopper.restore(module)
     module.eval()

@@ -12,6 +12,7 @@ from harness.data.interactions import require_train
 from harness.errors import HarnessError
 from harness.features.cache import cached_arrays, content_key
 from harness.features.embedders import EMBEDDERS, Embedder, make_embedder
+from harness.nn.rng import own_rng
 
 
 def items_fingerprint(items: pd.DataFrame, fields: Sequence[str]) -> str:
@@ -41,11 +42,15 @@ def embed_items(items: pd.DataFrame, text_fields: Sequence[str], name: str = "tf
         require_train(interactions)
         parts.append(interactions_fingerprint(interactions))
     key = content_key(*parts)
-    compute = (lambda: {"x": emb.embed(items, fields, interactions)}) if emb.uses_interactions else \
-        (lambda: {"x": emb.embed(items, fields)})
-    arrays, hit = cached_arrays("embeddings", key, compute,
-                                meta={**emb.identity(), "fields": fields, "n_items": len(items)})
-    return arrays["x"], {**emb.identity(), "fields": fields, "key": key, "cached": hit, "dim": int(arrays["x"].shape[1])}
+
+    @own_rng  # a cache miss must leave the caller's RNG as a hit does
+    def compute() -> dict[str, np.ndarray]:
+        return {"x": emb.embed(items, fields, interactions) if emb.uses_interactions else emb.embed(items, fields)}
+
+    arrays, hit, seconds = cached_arrays("embeddings", key, compute,
+                                         meta={**emb.identity(), "fields": fields, "n_items": len(items)})
+    return arrays["x"], {**emb.identity(), "fields": fields, "key": key, "cached": hit, "compute_seconds": seconds,
+                         "dim": int(arrays["x"].shape[1])}
 
 
 def item_features(train, embedder: str | None, options: dict[str, Any] | None = None) -> np.ndarray | None:
@@ -53,7 +58,8 @@ def item_features(train, embedder: str | None, options: dict[str, Any] | None = 
     the TrainView's provenance, so the run record says which features were used."""
     if not embedder or embedder == "none":
         return None
-    matrix, provenance = embed_items(train.items, train.text_fields, embedder, **(options or {}))
+    with train.stage("features"):
+        matrix, provenance = embed_items(train.items, train.text_fields, embedder, **(options or {}))
     train.provenance.setdefault("features", []).append(provenance)
     return matrix
 

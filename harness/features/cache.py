@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,18 +31,24 @@ def content_key(*parts: Any) -> str:
 
 
 def cached_arrays(kind: str, key: str, compute: Callable[[], dict[str, np.ndarray]],
-                  meta: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], bool]:
-    """Load `<cache>/<kind>/<key>.npz` or compute and store it atomically. Returns (arrays, was_cached)."""
+                  meta: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], bool, float | None]:
+    """Load `<cache>/<kind>/<key>.npz` or compute and store it atomically. Returns (arrays, was_cached,
+    compute_seconds): what computing the arrays cost, measured now on a miss and read back from the entry's metadata
+    on a hit, so that a run records the same cost of its stages whether the cache was warm or cold."""
     folder = cache_dir() / kind
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{key}.npz"
+    info = folder / f"{key}.json"
     if path.exists():
         with np.load(path) as data:
-            return {k: data[k] for k in data.files}, True
+            arrays = {k: data[k] for k in data.files}
+        stored = json.loads(info.read_text()) if info.exists() else {}
+        return arrays, True, stored.get("compute_seconds")
+    start = time.perf_counter()
     arrays = compute()
+    seconds = round(time.perf_counter() - start, 3)
     tmp = folder / f".{key}.{os.getpid()}.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
-    if meta is not None:
-        (folder / f"{key}.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    return arrays, False
+    info.write_text(json.dumps({**(meta or {}), "compute_seconds": seconds}, indent=2, sort_keys=True, default=str))
+    return arrays, False, seconds

@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from harness.data.interactions import TrainInteractions, require_train
 from harness.features.embedders import Embedder, embedder
 from harness.nn.causal_encoder import SASRecNet, length_bucketed_batches, next_item_pairs
+from harness.nn.rng import own_rng
 
 
+@own_rng
 def train_item_embeddings(interactions: TrainInteractions, dim: int = 32, blocks: int = 2, heads: int = 2,
                           max_len: int = 50, dropout: float = 0.3, epochs: int = 30, lr: float = 1e-3,
                           batch_size: int = 256, seed: int = 0) -> np.ndarray:

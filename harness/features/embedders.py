@@ -139,7 +139,10 @@ class Precomputed(Embedder):
         else:
             raise HarnessError(f"precomputed embeddings must be .npy or .pt, got {path.name}")
         if matrix.ndim != 2 or matrix.shape[0] != len(items):
-            raise HarnessError(f"{path} has shape {matrix.shape}; expected [{len(items)}, d] aligned with the items")
+            raise HarnessError(f"{path} has shape {matrix.shape}; expected [{len(items)}, d], one row per item in "
+                               f"the order of the dataset's files")
+        if "source_index" in items:  # rows follow the files; the catalogue's canonical order is a permutation
+            matrix = matrix[items["source_index"].to_numpy()]
         return matrix.astype(np.float32)
 
 

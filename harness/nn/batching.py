@@ -13,5 +13,5 @@ def pad_histories(histories: Sequence[np.ndarray], max_len: int, offset: int = 1
     for row, hist in enumerate(histories):
         tail = np.asarray(hist[-max_len:], dtype=np.int64)
         if len(tail):
-            out[row, max_len - len(tail):] = torch.from_numpy(tail) + offset
+            out[row, max_len - len(tail):] = torch.tensor(tail) + offset  # a copy: views may be read-only
     return out

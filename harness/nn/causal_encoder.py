@@ -59,9 +59,19 @@ class SASRecNet(nn.Module):
 
 
 def next_item_pairs(sequences: list[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input seq[:-1] → target seq[1:] at every position, the last `max_len` steps, left-padded (ids + 1, 0 = pad)."""
-    usable = [s for s in sequences if len(s) >= 2]
-    return pad_histories([s[:-1] for s in usable], max_len), pad_histories([s[1:] for s in usable], max_len)
+    """Input seq[:-1] → target seq[1:] at every position, left-padded (ids + 1, 0 = pad). A sequence longer than
+    `max_len` steps is cut into consecutive windows from its end, so that every training target is a target once,
+    as the generative methods' sliding window makes it (a window's first steps see only the window)."""
+    inputs, targets = [], []
+    for seq in sequences:
+        if len(seq) < 2:
+            continue
+        src, dst = seq[:-1], seq[1:]
+        for end in range(len(dst), 0, -max_len):
+            start = max(0, end - max_len)
+            inputs.append(src[start:end])
+            targets.append(dst[start:end])
+    return pad_histories(inputs, max_len), pad_histories(targets, max_len)
 
 
 def length_bucketed_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator, pool: int = 32):

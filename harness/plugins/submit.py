@@ -46,7 +46,7 @@ BUNDLE_FORMAT = 1
 # (one user of 300 moves Recall@k by 0.0033).
 DEFAULT_TOLERANCE = 0.01
 SPEC_FIELDS = ("method", "dataset", "budget_seconds", "max_epochs", "overrides", "track_overrides", "protocol",
-               "dataset_options", "ks", "track", "device")
+               "dataset_options", "ks", "track", "device", "threads")
 
 
 class SubmissionError(HarnessError):

@@ -26,11 +26,11 @@ import torch
 
 import harness
 from harness.config import config_hash
+from harness.data.protocols import cold_targets
 from harness.paths import METHODS_DIR, ROOT
 from harness.registry import ENTRY_POINT_GROUP
 from harness.run.spec import RunSpec
 
-STATUSES = ("ok", "failed", "over_budget", "pruned")
 
 
 def new_run_id(spec: RunSpec, dataset: str, started: datetime) -> str:
@@ -51,7 +51,8 @@ def new_record(spec: RunSpec, run_id: str, started: datetime, paper: str, config
         "budget": {"seconds": spec.budget_seconds, "max_epochs": spec.max_epochs},
         "used": {}, "metrics": {}, "diagnostics": {}, "latency": {}, "curves": {},
         "eval": {"ks": list(spec.ks), "n_items": n_items, "users": int(len(split.test.users)),
-                 "full_catalogue": True, "exclude_history": bool(split.protocol["exclude_history"])},
+                 "full_catalogue": True, "exclude_history": bool(split.protocol["exclude_history"]),
+                 **cold_targets(split)},
         "params": None, "peak_memory": {},
         "versions": versions(), "git_sha": git_sha(), "hardware": hardware(device),
         "metric_version": harness.METRIC_VERSION, "protocol_version": harness.PROTOCOL_VERSION,

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from harness import registry
+from harness import EVALUATED, registry
 from harness.api import Budget, Method, TrainView
 from harness.board.store import RunStore
 from harness.config import merge_config
@@ -38,16 +38,19 @@ log = logging.getLogger(__name__)
 class Validator:
     """The `validate()` callback: validation metrics by the harness's evaluator. Holds validation data only."""
 
-    def __init__(self, evaluate: Callable[[Method], Any],
+    def __init__(self, evaluate: Callable[[Method], Any], budget: Budget,
                  hook: Callable[[int, dict[str, float]], None] | None = None):
         self._evaluate = evaluate
+        self._budget = budget
         self._hook = hook
         self._start = time.monotonic()
         self.curve: list[dict[str, float]] = []
 
     def __call__(self, method: Method) -> dict[str, float]:
-        result = self._evaluate(method)
-        self.curve.append({"call": len(self.curve) + 1, "elapsed_s": round(time.monotonic() - self._start, 3),
+        with self._budget.paused(), torch.no_grad():  # the harness's evaluation is not the method's training time
+            result = self._evaluate(method)
+        self.curve.append({"call": len(self.curve) + 1, "epoch": self._budget.epochs_done,
+                           "elapsed_s": round(time.monotonic() - self._start, 3),
                            **{k: round(v, 6) for k, v in result.metrics.items()}})
         log.info("validation %d at %.0fs: recall@10 %.4f ndcg@10 %.4f", len(self.curve), self.curve[-1]["elapsed_s"],
                  result.metrics.get("recall@10", float("nan")), result.metrics.get("ndcg@10", float("nan")))
@@ -80,35 +83,39 @@ def seed_everything(seed: int) -> None:
 
 
 class _Watchdog:
-    """Raises BudgetExceeded inside the fitting thread once the hard deadline passes."""
+    """Raises BudgetExceeded inside the fitting thread once the budget's clock (paused stages excluded) passes the
+    hard limit."""
 
-    def __init__(self, seconds: float | None):
+    POLL_SECONDS = 0.1
+
+    def __init__(self, budget: Budget, limit: float | None):
         self.fired = False
-        self._done = False
+        self._budget = budget
+        self._limit = limit
+        self._done = threading.Event()
         self._lock = threading.Lock()
         self._thread_id = threading.get_ident()
-        self._timer = None
-        if seconds is not None:
-            self._timer = threading.Timer(seconds, self._fire)
-            self._timer.daemon = True
+        self._thread = None if limit is None else threading.Thread(target=self._watch, daemon=True)
 
-    def _fire(self) -> None:
-        with self._lock:
-            if self._done:
+    def _watch(self) -> None:
+        while not self._done.wait(self.POLL_SECONDS):
+            if self._budget.elapsed >= self._limit:
+                with self._lock:
+                    if self._done.is_set():
+                        return
+                    self.fired = True
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id),
+                                                               ctypes.py_object(BudgetExceeded))
                 return
-            self.fired = True
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), ctypes.py_object(BudgetExceeded))
 
     def __enter__(self):
-        if self._timer:
-            self._timer.start()
+        if self._thread is not None:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc):
         with self._lock:
-            self._done = True
-        if self._timer:
-            self._timer.cancel()
+            self._done.set()
         return False
 
 
@@ -173,43 +180,52 @@ def prepare(spec: RunSpec) -> Prepared:
 
 def run(spec: RunSpec, store: RunStore | None = None, prepared: Prepared | None = None) -> dict[str, Any]:
     """Execute one run and store its record. User errors (unknown names, bad data, bad config) raise HarnessError
-    before anything is stored; a failing plugin yields a stored `failed` record."""
+    before anything is stored; a failing plugin yields a stored `failed` record. The run uses the spec's threads
+    (a track pins them) and gives the caller's back afterwards."""
     prepared = prepared or prepare(spec)
+    threads = torch.get_num_threads()
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    try:
+        return _referee(spec, store or RunStore(), prepared)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _referee(spec: RunSpec, store: RunStore, prepared: Prepared) -> dict[str, Any]:
     method_cls, config, card, dataset, split = (prepared.method_cls, prepared.config, prepared.card,
                                                 prepared.dataset, prepared.split)
-    store = store or RunStore()
     device = resolve_device(spec.device)
-
     started = datetime.now(timezone.utc)
     run_id = new_run_id(spec, card.name, started)
     record = new_record(spec, run_id, started, method_cls.paper, config, card.name, dataset.fingerprint(), split,
                         dataset.n_items, device)
     per_user: dict[str, dict[str, np.ndarray]] = {}
-
     seed_everything(spec.seed)
     labelled = is_labelled(split.protocol)
-    validator = Validator(stage_evaluator(split, "valid", dataset.n_items, spec.ks, desc="validate"), spec.on_validate)
-    view = TrainView(sequences=split.train_sequences, n_items=dataset.n_items, items=dataset.items,
-                     text_fields=dataset.text_fields, validate=validator, device=device, seed=spec.seed,
-                     work_dir=store.run_dir(run_id) / "work", dataset=card.name,
+    budget = Budget(spec.budget_seconds, spec.max_epochs)
+    validator = Validator(stage_evaluator(split, "valid", dataset.n_items, spec.ks, desc="validate"), budget,
+                          spec.on_validate)
+    view = TrainView(sequences=split.train_sequences, n_items=dataset.n_items,
+                     items=dataset.items, text_fields=dataset.text_fields, validate=validator, device=device,
+                     seed=spec.seed, work_dir=store.run_dir(run_id) / "work", dataset=card.name,
                      exposures=split.train_exposures if labelled else None, users=dataset.users,
                      protocol=split.protocol, interactions=TrainInteractions.from_split(split, dataset.n_items),
-                     sid_provider=semantic_ids)
-    budget = Budget(spec.budget_seconds, spec.max_epochs)
+                     sid_provider=semantic_ids, pause=budget.paused)
     hard_limit = None if spec.budget_seconds is None else spec.budget_seconds + max(2.0, 0.05 * spec.budget_seconds)
     method: Method | None = None
-    fit_start = time.monotonic()
+    fit_start, cpu_start = time.monotonic(), time.process_time()
     try:
         method = method_cls(config)
         budget.start()
-        with _Watchdog(hard_limit) as watchdog:
+        with _Watchdog(budget, hard_limit) as watchdog:
             method.fit(view, budget)
         if watchdog.fired:
             raise BudgetExceeded()
     except BudgetExceeded:
         record["status"] = "over_budget"
-        record["failure"] = f"stopped by the harness after {time.monotonic() - fit_start:.1f}s " \
-                            f"(budget {spec.budget_seconds}s)"
+        record["failure"] = f"stopped by the harness after {budget.elapsed:.1f}s of training " \
+                            f"(safety cap {spec.budget_seconds}s)"
     except RunPruned as exc:
         record["status"], record["failure"] = "pruned", f"pruned after validation round {len(validator.curve)}: {exc}"
     except NonFiniteLoss as exc:
@@ -217,15 +233,25 @@ def run(spec: RunSpec, store: RunStore | None = None, prepared: Prepared | None 
     except Exception as exc:  # the plugin's fault: recorded, never raised past the referee
         record["status"], record["failure"] = "failed", f"{type(exc).__name__} in fit: {exc}"
         record["diagnostics"]["traceback"] = traceback.format_exc(limit=8)
-    train_seconds = time.monotonic() - fit_start
-    if record["status"] == "ok" and spec.budget_seconds is not None and train_seconds > hard_limit:
-        record["status"], record["failure"] = "over_budget", f"fit took {train_seconds:.1f}s " \
-                                                             f"(budget {spec.budget_seconds}s)"
-    record["used"] = {"train_seconds": round(train_seconds, 3), "epochs": budget.epochs_done, "device": str(device)}
+    train_seconds = budget.elapsed  # what the clock was charged: stages and validation excluded
+    if record["status"] == "ok" and spec.budget_seconds is not None:
+        if train_seconds > hard_limit:
+            record["status"], record["failure"] = "over_budget", f"fit took {train_seconds:.1f}s " \
+                                                                 f"(safety cap {spec.budget_seconds}s)"
+        elif train_seconds >= spec.budget_seconds:  # the clock, not the epochs or early stopping, ended training
+            record["status"] = "budget_bound"
+            record["failure"] = (f"the {spec.budget_seconds:g}s safety cap ended training after "
+                                 f"{budget.epochs_done} epochs: not converged, not ranked")
+    stages = view.provenance.get("stages", [])
+    record["used"] = {"train_seconds": round(train_seconds, 3), "epochs": budget.epochs_done, "device": str(device),
+                      "wall_seconds": round(time.monotonic() - fit_start, 3),
+                      "cpu_seconds": round(time.process_time() - cpu_start, 3),
+                      "stage_seconds": round(sum(s["seconds"] for s in stages), 3),
+                      "validations": len(validator.curve), "threads": torch.get_num_threads()}
     record["curves"]["validation"] = validator.curve
     record["features"] = view.provenance
 
-    if record["status"] == "ok":
+    if record["status"] in EVALUATED:
         try:
             with torch.no_grad():
                 valid = stage_evaluator(split, "valid", dataset.n_items, spec.ks, desc="validate")(method)

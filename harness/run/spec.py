@@ -24,6 +24,7 @@ class RunSpec:
     ks: Sequence[int] = DEFAULT_KS
     track: str | None = None
     device: str = "auto"
+    threads: int | None = None  # torch threads of the run (a track pins them); None: torch's default
     data_dir: str | None = None
     latency_users: int = 100
     throughput_batch: int = 256
@@ -35,7 +36,7 @@ class RunSpec:
 
     @classmethod
     def for_track(cls, track: Track, method: str, dataset: str, **asked: Any) -> "RunSpec":
-        """A spec under the track's pins: budget, epoch cap, protocol, dataset options, cut-offs, device, the
+        """A spec under the track's pins: budget, epoch cap, protocol, dataset options, cut-offs, device, threads, the
         method's sizes and, for SID methods, the embedder. What is asked wins; a protocol or dataset options asked
         for are laid over the track's rather than replacing them."""
         pins = dict(track.method_overrides.get(method, {}))
@@ -44,7 +45,7 @@ class RunSpec:
         spec = cls(method=method, dataset=dataset, track=track.name, track_overrides=pins,
                    budget_seconds=track.budget_seconds, max_epochs=track.max_epochs, protocol=dict(track.protocol),
                    dataset_options=dict(track.dataset_options.get(dataset, {})), ks=list(track.ks),
-                   device=track.device)
+                   device=track.device, threads=track.threads)
         asked = dict(asked)
         asked["protocol"] = {**spec.protocol, **asked.get("protocol", {})}
         asked["dataset_options"] = {**spec.dataset_options, **asked.get("dataset_options", {})}

@@ -17,6 +17,7 @@ from harness.data.interactions import TrainInteractions
 from harness.errors import HarnessError
 from harness.features import embed_items
 from harness.features.cache import cached_arrays, content_key
+from harness.nn.rng import own_rng
 from harness.sid.collisions import STRATEGIES, SIDTable, build_table
 from harness.sid.diagnostics import sid_report
 from harness.sid.tokenizers import TOKENIZERS, SIDCodes, make_tokenizer
@@ -32,15 +33,16 @@ def fit_codes(embeddings: np.ndarray, tokenizer: str = "rkmeans", collaborative:
         raise HarnessError(f"tokenizer {tokenizer!r} needs collaborative item embeddings (e.g. from `sasrec-cf`)")
     key = content_key(embeddings, tok.identity(), *([collaborative] if tok.uses_collaborative else []))
 
+    @own_rng  # a cache miss must leave the caller's RNG as a hit does
     def compute() -> dict[str, np.ndarray]:
         result = tok.fit(embeddings, collaborative) if tok.uses_collaborative else tok.fit(embeddings)
         return {"codes": result.codes, "widths": np.asarray(result.widths),
                 "recon_error": np.asarray(np.nan if result.recon_error is None else result.recon_error)}
-    arrays, hit = cached_arrays("sids", key, compute, meta=tok.identity())
+    arrays, hit, seconds = cached_arrays("sids", key, compute, meta=tok.identity())
     error = float(arrays["recon_error"])
     codes = SIDCodes(arrays["codes"].astype(np.int64), [int(w) for w in arrays["widths"]],
                      recon_error=None if np.isnan(error) else error)
-    return codes, {**tok.identity(), "key": key, "cached": hit}
+    return codes, {**tok.identity(), "key": key, "cached": hit, "compute_seconds": seconds}
 
 
 def uses_collaborative(tokenizer: str) -> bool:
@@ -48,6 +50,14 @@ def uses_collaborative(tokenizer: str) -> bool:
     `make_tokenizer` then reports."""
     cls = TOKENIZERS.find(tokenizer)
     return bool(cls is not None and cls.uses_collaborative)
+
+
+def catalogue_options(tokenizer: str, items: pd.DataFrame, options: dict[str, Any]) -> dict[str, Any]:
+    """A tokenizer's options completed from the catalogue: an imported index file is keyed by an item's position in
+    the data files, which the item table keeps as `source_index`."""
+    if tokenizer == "index-file" and "source_index" in items:
+        return {"order": items["source_index"].tolist(), **options}
+    return options
 
 
 def semantic_ids(items: pd.DataFrame, text_fields: Sequence[str], embedder: str = "tfidf-svd",
@@ -69,8 +79,8 @@ def semantic_ids(items: pd.DataFrame, text_fields: Sequence[str], embedder: str 
     if uses_collaborative(tokenizer):
         collaborative, provenance["collaborative"] = embed_items(items, text_fields, collaborative_embedder,
                                                                  interactions, **(collaborative_options or {}))
-    codes, provenance["tokenizer"] = fit_codes(embeddings, tokenizer, collaborative,
-                                               **{"seed": seed, **(tokenizer_options or {})})
+    options = catalogue_options(tokenizer, items, {"seed": seed, **(tokenizer_options or {})})
+    codes, provenance["tokenizer"] = fit_codes(embeddings, tokenizer, collaborative, **options)
     table = build_table(codes.codes, codes.widths, collisions, seed)
     table.info["recon_error"] = codes.recon_error
     provenance["collisions"] = {"strategy": collisions, **table.info}

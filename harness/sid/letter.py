@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import ConfigError
+from harness.nn.rng import own_rng
 from harness.sid.tokenizers import (SIDCodes, Tokenizer, balanced_assign, kmeans, mlp, ResidualQuantizer,
                                     standardise, tokenizer)
 
@@ -110,6 +111,7 @@ class LETTER(Tokenizer):
             chosen.append(q)
         return z + (quantized - z).detach(), torch.stack(codes, 1), loss, chosen
 
+    @own_rng
     def fit(self, x: np.ndarray, collaborative: np.ndarray) -> SIDCodes:
         o = self.options
         if collaborative.shape[0] != x.shape[0]:

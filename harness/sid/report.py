@@ -13,7 +13,7 @@ from typing import Any
 from harness.data import leave_one_out, load_card, load_dataset
 from harness.data.interactions import TrainInteractions
 from harness.features import embed_items
-from harness.sid import build_table, fit_codes, sid_report, uses_collaborative
+from harness.sid import build_table, catalogue_options, fit_codes, sid_report, uses_collaborative
 
 
 def dataset_sid_report(dataset: str, tokenizer: str = "rkmeans", embedder: str = "tfidf-svd", levels: int = 3,
@@ -38,6 +38,7 @@ def dataset_sid_report(dataset: str, tokenizer: str = "rkmeans", embedder: str =
     options = {"levels": levels, "width": width, "seed": seed, **(tokenizer_options or {})}
     if tokenizer == "index-file":  # an imported index has its own shape
         options = {k: v for k, v in options.items() if k not in ("levels", "width")}
+    options = catalogue_options(tokenizer, data.items, options)
     start = time.perf_counter()
     codes, tok_info = fit_codes(x, tokenizer, collaborative, **options)
     fit_s = time.perf_counter() - start

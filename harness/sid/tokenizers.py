@@ -10,6 +10,7 @@ All are deterministic for a seed. Levels L and width W are config values (GRID's
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from torch import nn
 
 from harness.config import Registry
 from harness.errors import ConfigError, HarnessError
+from harness.nn.rng import own_rng
 
 # Every tokenizer by name; LETTER's lives in its own module, listed here.
 TOKENIZERS: Registry[type["Tokenizer"]] = Registry("tokenizer", discover=["harness.sid.letter"])
@@ -136,6 +138,7 @@ class ResidualQuantizer(nn.Module):
         return restarted
 
 
+@own_rng
 def _train_quantizer(x: np.ndarray, model: nn.Module, quantizer: ResidualQuantizer, encode, decode, epochs: int,
                      lr: float, batch_size: int, seed: int, restart_every: int) -> tuple[np.ndarray, float]:
     torch.manual_seed(seed)
@@ -172,6 +175,7 @@ class ResidualVQ(Tokenizer):
         super().__init__(levels, width, seed, beta=beta, epochs=epochs, lr=lr, batch_size=batch_size,
                          restart_every=restart_every)
 
+    @own_rng
     def fit(self, x):
         torch.manual_seed(self.seed)
         quantizer = ResidualQuantizer(self.levels, self.width, x.shape[1], self.options["beta"])
@@ -215,6 +219,7 @@ class RQVAE(Tokenizer):
         super().__init__(levels, width, seed, hidden=list(hidden or [512, 256, 128]), latent=latent, beta=beta,
                          epochs=epochs, lr=lr, batch_size=batch_size, restart_every=restart_every)
 
+    @own_rng
     def fit(self, x):
         torch.manual_seed(self.seed)
         o = self.options
@@ -278,15 +283,20 @@ _TOKEN = re.compile(r"<[^_>]*_(\d+)>")
 
 @tokenizer("index-file")
 class IndexFile(Tokenizer):
-    """LC-Rec / LETTER `*.index.json`: {"0": ["<a_12>", "<b_3>", "<c_200>"], ...}, item ids as catalogue order."""
+    """LC-Rec / LETTER `*.index.json`: {"0": ["<a_12>", "<b_3>", "<c_200>"], ...}, keyed by the item's position in
+    the dataset's files. `order` (the provider passes the item table's `source_index`) maps catalogue item i to its
+    key; without it, item i's key is i."""
 
-    def __init__(self, levels=0, width=0, seed=0, path: str = ""):
-        self.levels, self.width, self.seed, self.options = levels, width, seed, {"path": path}
+    def __init__(self, levels=0, width=0, seed=0, path: str = "", order: list[int] | None = None):
+        self.levels, self.width, self.seed = levels, width, seed
+        self.options = {"path": path, "order": None if order is None else [int(o) for o in order]}
 
     def identity(self):
         path = Path(self.options["path"])
+        order = self.options["order"]
         return {"tokenizer": self.name, "path": str(path.resolve()),
-                "sha256": __import__("hashlib").sha256(path.read_bytes()).hexdigest() if path.exists() else None}
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None,
+                "order": None if order is None else hashlib.sha256(json.dumps(order).encode()).hexdigest()}
 
     def fit(self, x):
         path = Path(self.options["path"])
@@ -295,8 +305,9 @@ class IndexFile(Tokenizer):
         index = json.loads(path.read_text())
         n = len(x)
         rows = []
+        order = self.options["order"] or range(n)
         for item in range(n):
-            tokens = index.get(str(item))
+            tokens = index.get(str(order[item]))
             if tokens is None:
                 raise HarnessError(f"{path} has no SID for item {item} (catalogue has {n} items)")
             parsed = [_TOKEN.fullmatch(t) for t in tokens]

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from harness import registry
-from harness.board.stats import paired, welch
+from harness.board.stats import correct, paired, welch
 from harness.board.tables import PER_USER_TERMS
 from harness.errors import ConfigError
 from harness.studies.seeds import run_seeds
@@ -70,6 +70,7 @@ def ablation_tables(method_cls, records: dict[str, list[dict[str, Any]]],
         if len(names) >= 2:
             first, last = names[0], names[-1]
             delta: dict[str, Any] = {"config": f"Δ {last} − {first}", "seeds": ""}
+            tested: list[tuple[str, float, float, str]] = []  # metric, difference, raw p, test
             for metric in table["metrics"]:
                 a = [v for v in (_value(r, metric) for r in records[last]) if v is not None]
                 b = [v for v in (_value(r, metric) for r in records[first]) if v is not None]
@@ -78,11 +79,13 @@ def ablation_tables(method_cls, records: dict[str, list[dict[str, Any]]],
                     continue
                 diff = float(np.mean(a) - np.mean(b))
                 test = _paired_p(records[last], records[first], metric, per_user)
-                if test is None:
-                    p, how = welch(a, b)["p"], "welch"
-                else:
-                    p, how = test, "wilcoxon"
-                delta[metric] = f"{diff:+.4f} (p={p:.2g} {how})" if np.isfinite(p) else f"{diff:+.4f}"
+                p, how = (welch(a, b)["p"], "welch") if test is None else (test, "wilcoxon")
+                tested.append((metric, diff, p, how))
+            # the table's metrics are one family of tests: Holm-corrected together (a NaN p stays untested)
+            finite = [i for i, (_, _, p, _) in enumerate(tested) if np.isfinite(p)]
+            adjusted = dict(zip(finite, correct([tested[i][2] for i in finite], "holm")))
+            for i, (metric, diff, p, how) in enumerate(tested):
+                delta[metric] = f"{diff:+.4f} (p_holm={adjusted[i]:.2g} {how})" if i in adjusted else f"{diff:+.4f}"
             rows.append(delta)
         tables.append((table["title"], rows))
     return tables

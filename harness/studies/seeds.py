@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 from joblib import Parallel, delayed
 
+from harness import EVALUATED
 from harness.board.store import RunStore
 from harness.config import config_hash
 from harness.errors import ConfigError
@@ -55,26 +56,30 @@ def available_memory_gb() -> float:
     return 8.0
 
 
-def default_jobs(n_seeds: int, device: str = "auto") -> int:
-    """One process per seed, bounded by cores and by memory; a GPU run stays in one process."""
+def default_jobs(n_seeds: int, device: str = "auto", threads: int | None = None) -> int:
+    """One process per seed, bounded by cores (each run takes `threads` of them) and by memory; a GPU run stays in
+    one process."""
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return 1
     by_memory = max(1, int(available_memory_gb() // MEMORY_PER_JOB_GB))
-    return max(1, min(n_seeds, os.cpu_count() or 1, by_memory))
+    by_cores = max(1, (os.cpu_count() or 1) // (threads or 1))
+    return max(1, min(n_seeds, by_cores, by_memory))
 
 
-def _run_one(spec: RunSpec, store_url: str, runs_dir: str, threads: int) -> dict[str, Any]:
-    torch.set_num_threads(threads)
+def _run_one(spec: RunSpec, store_url: str, runs_dir: str) -> dict[str, Any]:
     return run(spec, RunStore(store_url, runs_dir))
 
 
 def finished_seeds(store: RunStore, spec: RunSpec, split_id: str, cfg_hash: str) -> dict[int, dict[str, Any]]:
     """Seeds that already have an `ok` evaluation record for exactly this configuration, data, budget and track."""
     done = {}
-    for record in store.records(method=spec.method, split_id=split_id, status="ok"):
+    for record in store.records(method=spec.method, split_id=split_id):
+        if record["status"] not in EVALUATED:
+            continue
         if (record.get("method_config_hash") == cfg_hash and record.get("track") == spec.track
                 and record.get("purpose", "eval") == spec.purpose
                 and record.get("budget", {}).get("seconds") == spec.budget_seconds
+                and record.get("budget", {}).get("max_epochs") == spec.max_epochs
                 and "test" in record.get("metrics", {})):
             done[record["seed"]] = record
     return done
@@ -91,13 +96,14 @@ def run_seeds(spec: RunSpec, seeds: Sequence[int], store: RunStore, n_jobs: int 
         log.warning("seeds %s already have ok records for this configuration; running %s", sorted(done), todo)
     records = {s: done[s] for s in seeds if s in done}
     if todo:
-        jobs = n_jobs or default_jobs(len(todo), spec.device)
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        specs = [dataclasses.replace(spec, seed=s, on_validate=None) for s in todo]
+        jobs = n_jobs or default_jobs(len(todo), spec.device, spec.threads)
+        # a run's threads are the track's, whether seeds run side by side or alone; unpinned runs share the cores
+        threads = spec.threads or max(1, (os.cpu_count() or 1) // jobs)
+        specs = [dataclasses.replace(spec, seed=s, on_validate=None, threads=threads) for s in todo]
         if jobs == 1:
             results = [run(s, store, prepared) for s in specs]
         else:
             results = Parallel(n_jobs=jobs, backend="loky")(
-                delayed(_run_one)(s, store.url, str(store.runs_dir), threads) for s in specs)
+                delayed(_run_one)(s, store.url, str(store.runs_dir)) for s in specs)
         records.update({r["seed"]: r for r in results})
     return [records[s] for s in seeds]

@@ -17,7 +17,7 @@ import optuna
 import sqlalchemy.exc
 from optuna.trial import TrialState
 
-from harness import registry
+from harness import EVALUATED, registry
 from harness.board.store import RunStore
 from harness.errors import ConfigError, RunPruned
 from harness.run.referee import run
@@ -104,7 +104,7 @@ def tune(spec: RunSpec, trials: int, store: RunStore, metric: str = "ndcg@10", s
         trial.set_user_attr("pid", os.getpid())
         if record["status"] == "pruned":
             raise optuna.TrialPruned()
-        if record["status"] != "ok":
+        if record["status"] not in EVALUATED:
             raise RuntimeError(f"trial run {record['run_id']} {record['status']}: {record['failure']}")
         return record["metrics"]["valid"][metric]
 
