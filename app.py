@@ -13,11 +13,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from harness.board.results import ResultSet, load_results, row_label
+from harness import METRIC_VERSION, PROTOCOL_VERSION
+from harness.board.results import ResultSet, is_stale, load_results, row_label
 from harness.board.stats import seed_summary
 from harness.board.store import RunStore, default_runs_dir, default_url
 from harness.board.tables import compare_rows, leaderboard_rows
+from harness.errors import HarnessError
 from harness.paths import LEADERBOARDS_DIR
+from harness.run.tracks import load_track
 
 st.set_page_config(page_title="gr-harness leaderboard", layout="wide")
 
@@ -69,6 +72,14 @@ def cost_chart(frame: pd.DataFrame, cost: str, metric: str, title: str):
     return (points + front).properties(title=title, height=300)
 
 
+def track_seeds(track: str) -> int:
+    """The seeds a ranked row needs on a track (the track's, at least 3)."""
+    try:
+        return max(3, load_track(track).seeds)
+    except HarnessError:  # runs made outside any track, or a track file that is gone
+        return 3
+
+
 def leaderboard_view(results: ResultSet) -> None:
     tracks = sorted({str(r.get("track")) for r in results.records})
     track = st.selectbox("Track", tracks)
@@ -79,7 +90,14 @@ def leaderboard_view(results: ResultSet) -> None:
     ranking = [m for m in ("auc", "gauc") if any(m in r["metrics"].get("test", {}) for r in subset.records)]
     metric = st.selectbox("Metric for ties and plots", [f"ndcg@{k}" for k in ks] + [f"recall@{k}" for k in ks]
                           + ranking, index=min(1, len(ks) - 1))  # AUC where the protocol has labelled exposures
-    rows = leaderboard_rows(subset, ks, metric)
+    rows = leaderboard_rows(subset, ks, metric, min_seeds=track_seeds(track))
+    stale = [r for r in subset.records if is_stale(r)]
+    if stale:
+        versions = sorted({(r.get("metric_version"), r.get("protocol_version")) for r in stale}, key=str)
+        st.warning(f"{len(stale)} of these runs are stale: recorded under metric/protocol version "
+                   + ", ".join(f"{m}/{p}" for m, p in versions) + f" (current {METRIC_VERSION}/{PROTOCOL_VERSION}), "
+                   "before budgets were counted in epochs and item ids were hash-ordered. They are shown for "
+                   "reference and are not comparable with current runs; rerun them to put them on the board.")
     st.caption(f"{len(subset.records)} runs · split {subset.records[0].get('split_id', '')[:12]} · ties: methods not "
                f"significantly below the best on {metric} (Wilcoxon over users, Holm-corrected, α = 0.05)")
     table = pd.DataFrame(rows)

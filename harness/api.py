@@ -127,6 +127,7 @@ class TrainView:
     - `users`: the user table where the card has one (row u = dense user u: demographics …), else None
     - labelled-exposure protocol only: `exposures` (user, item, ts, rating, label: the training exposures, negatives
       included; `sequences` then holds each user's positives) and `protocol` (threshold, block sizes)
+    - `timed`: whether `ts` are real times, comparable across users (False: a position in each user's sequence)
     - `interactions()`: the training interactions as the leakage guard's `TrainInteractions`
     - `semantic_ids(**options)`: the SID provider over this catalogue (DESIGN §3)
     - `stage(name)`: a context for fitting what the method stands on (embeddings, codes, collaborative tables): not
@@ -141,7 +142,7 @@ class TrainView:
                  work_dir: Path, dataset: str, exposures: pd.DataFrame | None = None,
                  users: pd.DataFrame | None = None, protocol: dict[str, Any] | None = None,
                  interactions: TrainInteractions | None = None, sid_provider: Callable[..., Any] | None = None,
-                 pause: Callable[[], ContextManager[None]] | None = None):
+                 pause: Callable[[], ContextManager[None]] | None = None, timed: bool = True):
         # copies, read-only: an in-place edit raises, and no array shares memory with the held-out tails
         self.sequences = [_frozen(s) for s in sequences]
         self.n_items = n_items
@@ -157,6 +158,7 @@ class TrainView:
         self.users = users
         self.protocol = dict(protocol or {"name": "leave-one-out"})
         self.provenance: dict[str, Any] = {}  # features and SIDs the plugin drew; copied into the run record
+        self.timed = timed
         self._interactions = interactions
         self._sid_provider = sid_provider
         self._pause = pause or contextlib.nullcontext

@@ -34,8 +34,8 @@ from torch import nn
 from harness.api import Budget, ExposureHistory, Method, TopK, TrainView, register
 from harness.engines.training import train_with_validation
 from harness.features import embed_items
-from harness.features.cross import (CROSS_FEATURES, candidate_queries, cross_features, exposures_from_sequences,
-                                    feature_priors)
+from harness.features.cross import (AFTER_ALL, CROSS_FEATURES, ItemHistory, candidate_queries, cross_features,
+                                    exposures_from_sequences, feature_priors)
 from harness.nn.ranker import Mixer
 from harness.sid.ema_rq import AddressingQuantizer
 from harness.sid.tokenizers import make_tokenizer
@@ -175,15 +175,15 @@ class DIG(Method):
             self.exposure_source = "training sequences as positives + sampled negatives (no labelled exposures)"
         torch.manual_seed(train.seed)
         self.n_items = train.n_items
+        self.timed = train.timed
         self.item_attrs = [list(a) for a in train.items["attrs"]]
         static = self._static_features(train)
         self.user_codes, cards = self._user_table(train)
         self.net = DIGNet(torch.as_tensor(static), train.n_items, cards, cfg).to(self.device)
-        # item-level cross features at inference: popularity and like rate over the whole training part
+        # item-level cross features at inference: popularity and like rate of the training part as of the evaluated
+        # user's moment (their last known exposure), so that other users' later exposures never count
         self.priors = feature_priors(self.exposures)  # shrinkage targets, kept for inference
-        self.item_stats = torch.as_tensor(cross_features(
-            self.exposures, candidate_queries(np.zeros(train.n_items), np.arange(train.n_items)),
-            self.item_attrs)[:, ITEM_COLUMNS], device=self.device)
+        self.item_history = ItemHistory(self.exposures, self.priors)
 
         with torch.no_grad():  # zero-collision start: balanced k-means tree over the initial e_v
             e0 = self.net.item_embeddings()
@@ -267,6 +267,7 @@ class DIG(Method):
     def _context(self, histories, users, exposures):
         """Per evaluated user: e_u, history states, mask, and the exposure frame that feeds cross features."""
         T = int(self.config["max_history"])
+        timed = exposures is not None and self.timed
         if exposures is None:  # positives only (e.g. called outside the labelled protocol)
             exposures = [ExposureHistory(np.asarray(h, np.int64), np.arange(len(h)), np.full(len(h), np.nan),
                                          np.ones(len(h), np.int64)) for h in histories]
@@ -287,7 +288,10 @@ class DIG(Method):
                               "ts": np.concatenate([e.ts for e in exposures]) if exposures else [],
                               "rating": np.concatenate([e.ratings for e in exposures]) if exposures else [],
                               "label": np.concatenate([e.labels for e in exposures]) if exposures else []})
-        return {"e_items": e_items, "e_u": e_u, "history": history, "mask": mask, "known": known}
+        # a user's moment: after their last known exposure; positions (no labelled exposures) are not times
+        as_of = np.array([int(e.ts.max()) + 1 if timed and len(e.ts) else AFTER_ALL for e in exposures],
+                         dtype=np.int64)
+        return {"e_items": e_items, "e_u": e_u, "history": history, "mask": mask, "known": known, "as_of": as_of}
 
     def _chunks(self, rows: torch.Tensor, fn, size: int = 8192) -> torch.Tensor:
         return torch.cat([fn(rows[i:i + size]) for i in range(0, len(rows), size)]) if len(rows) else \
@@ -298,7 +302,7 @@ class DIG(Method):
         cross = cross_features(ctx["known"], candidate_queries(row_of, items), self.item_attrs, self.priors)
         cross = torch.as_tensor(cross, device=self.device)
         items_t = torch.as_tensor(items, device=self.device)
-        cross[:, ITEM_COLUMNS] = self.item_stats[items_t]
+        cross[:, ITEM_COLUMNS] = torch.as_tensor(self.item_history.at(items, ctx["as_of"][row_of]), device=self.device)
         rows_t = torch.as_tensor(row_of, device=self.device)
 
         def run(idx):

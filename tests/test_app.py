@@ -56,13 +56,15 @@ def test_compare_and_run_detail_views(published):
     assert at.code[0].value.startswith("harness") or "command not recorded" in at.code[0].value
 
 
-def test_the_published_cpu_small_board_is_shown(tmp_path, monkeypatch):
+def test_the_published_cpu_small_board_is_shown_and_marked_stale(tmp_path, monkeypatch):
     monkeypatch.delenv("HARNESS_LEADERBOARDS_DIR", raising=False)
     monkeypatch.setenv("HARNESS_RUNS_DIR", str(tmp_path / "no-store"))
     at = AppTest.from_file(APP).run(timeout=60)
     assert not at.exception
+    at.sidebar.checkbox[0].check().run(timeout=60)  # its records predate protocol version 2: shown on request
     at.selectbox[0].set_value("cpu-small").run(timeout=60)
     assert not at.exception
+    assert any("stale" in w.value for w in at.warning)
     table = at.dataframe[0].value
     assert {"pop", "sasrec", "sasrec[loss=bce]"} <= set(table["method"])
     assert (table.loc[table["method"] == "sasrec", "seeds"] == 5).all()

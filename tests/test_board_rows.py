@@ -147,3 +147,17 @@ def test_an_ablation_delta_row_is_corrected_over_its_metrics():
     [(_, rows)] = ablation_tables(Variants, records, lambda r: arrays[r["variant"]])
     delta = rows[-1]
     assert delta["config"].startswith("Δ B") and "p_holm=" in delta["recall@10"] and "p_holm=" in delta["ndcg@10"]
+
+
+def test_a_board_with_runs_of_two_splits_ranks_one_and_does_not_crash(tmp_path, capsys):
+    runs = ["--runs-dir", str(tmp_path / "runs"), "--no-published"]
+    for n_users in (300, 200):  # two synthetic sizes: two splits with different numbers of users
+        assert main(["run", "--method", "pop", "--seeds", "3", "--jobs", "1", "--data-set", f"n_users={n_users}",
+                     "--data-set", "n_items=120", "--runs-dir", str(tmp_path / "runs")]) == 0
+    capsys.readouterr()
+    assert main(["leaderboard", "--dataset", "synthetic", "--format", "json", *runs]) == 0
+    rows = __import__("json").loads(capsys.readouterr().out)
+    assert sorted(r["tied_with_best"] for r in rows) == ["best", "n/a"]
+    assert any("another split" in r["note"] for r in rows)
+    assert main(["compare", "--dataset", "synthetic", *runs]) == 2
+    assert "different splits" in capsys.readouterr().err

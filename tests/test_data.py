@@ -182,8 +182,9 @@ def test_real_datasets_match_published_counts(name):
 @needs_shared
 def test_beauty_text_joins_titles_and_attribute_names():
     items = load("beauty").items
-    assert items.loc[0, "asin"] == "B004756YJA"
-    assert items.loc[0, "title"] == "nail lacquer simmer and shimmer"
+    first = items[items["source_index"] == 0].iloc[0]  # the first item of the files, wherever the hash order puts it
+    assert first["asin"] == "B004756YJA"
+    assert first["title"] == "nail lacquer simmer and shimmer"
     assert (items["attributes"].str.len() > 0).mean() > 0.9
 
 

@@ -43,7 +43,7 @@ def smoke_run(method: str, runs_dir, seed: int = 0) -> dict:
 def test_cold_cache_on_a_quiet_machine_equals_warm_cache_under_load(method, tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
     cold = smoke_run(method, tmp_path / "a")  # every embedding, tokenizer and collaborative table is computed here
-    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])]  # a busy core
     try:
         warm = smoke_run(method, tmp_path / "b")  # ... and read from the cache here, with the cores taken
     finally:
@@ -268,3 +268,22 @@ def test_training_views_are_read_only_and_share_no_memory_with_the_split(tiny_sp
                      interactions=TrainInteractions.from_split(split, data.n_items), sid_provider=semantic_ids)
     assert all(s.base is None or not s.flags.writeable for s in view.sequences)
     assert not any(np.shares_memory(a, b) for a, b in zip(view.sequences, split.test.histories))
+
+
+def test_item_features_at_inference_count_only_exposures_before_the_users_moment():
+    import pandas as pd
+
+    from harness.features.cross import ItemHistory, cross_features, feature_priors
+    rng = np.random.default_rng(0)
+    known = pd.DataFrame({"user": rng.integers(0, 20, 500), "item": rng.integers(0, 30, 500),
+                          "ts": rng.integers(100, 200, 500), "rating": rng.integers(1, 6, 500).astype(float)})
+    known["label"] = (known["rating"] >= 4).astype(int)
+    queries = pd.DataFrame({"user": rng.integers(0, 20, 300), "item": rng.integers(0, 30, 300),
+                            "ts": rng.integers(90, 210, 300)})
+    priors = feature_priors(known)
+    history = ItemHistory(known, priors)
+    np.testing.assert_array_equal(history.at(queries["item"], queries["ts"]),
+                                  cross_features(known, queries, [[i % 3] for i in range(30)], priors)[:, 6:8])
+    later = pd.concat([known, pd.DataFrame({"user": [5] * 50, "item": [3] * 50, "ts": [250] * 50,
+                                            "rating": [5.0] * 50, "label": [1] * 50})], ignore_index=True)
+    assert np.array_equal(ItemHistory(later, priors).at([3], [199]), history.at([3], [199]))  # the future is unseen

@@ -44,7 +44,7 @@ def naive_metrics(rank, ks):
     for k in ks:
         out[f"recall@{k}"] = 1.0 if rank < k else 0.0
         out[f"ndcg@{k}"] = 1.0 / math.log2(rank + 2) if rank < k else 0.0
-    out["mrr"] = 0.0 if math.isinf(rank) else 1.0 / (rank + 1)
+    out["mrr"] = 1.0 / (rank + 1) if rank < max(ks) else 0.0  # MRR@max k, for score matrices and top-k lists alike
     return out
 
 

@@ -96,7 +96,8 @@ def cmd_leaderboard(args: argparse.Namespace, argv=None) -> int:
 
 
 def cmd_export(args: argparse.Namespace, argv=None) -> int:
-    from harness.board.results import export_board, load_results
+    from harness import METRIC_VERSION, PROTOCOL_VERSION
+    from harness.board.results import export_board, is_stale, load_results
     from harness.board.store import RunStore
     from harness.board.tables import leaderboard_rows, render
     from harness.paths import LEADERBOARDS_DIR
@@ -106,8 +107,9 @@ def cmd_export(args: argparse.Namespace, argv=None) -> int:
     track = load_track(args.track) if args.track else None
     out = Path(args.out) if args.out else LEADERBOARDS_DIR
     for dataset in [args.dataset] if args.dataset else track.datasets:
-        results = load_results(track=args.track, dataset=dataset, store=RunStore(args.store, args.runs_dir),
-                               published=not args.no_published)
+        store = None if args.no_store else RunStore(args.store, args.runs_dir)
+        results = load_results(track=args.track, dataset=dataset, store=store, published=not args.no_published,
+                               include_stale=args.include_stale)
         if track is None:  # runs made outside any track go to leaderboards/untracked/
             results.records = [r for r in results.records if r.get("track") is None]
         if not results.records:
@@ -116,6 +118,11 @@ def cmd_export(args: argparse.Namespace, argv=None) -> int:
         ks, primary, min_seeds = (track.ks, track.primary_metric, max(3, track.seeds)) if track \
             else ([5, 10, 20, 50], "ndcg@10", 3)
         table = render(leaderboard_rows(results, ks, primary, args.correction, args.alpha, min_seeds), "md")
+        stale = [r for r in results.records if is_stale(r)]
+        if stale:  # kept for reference, never mixed silently with current runs
+            table = (f"> {len(stale)} of {len(results.records)} records are stale (recorded under an older metric or "
+                     f"protocol version; current {METRIC_VERSION}/{PROTOCOL_VERSION}): shown for reference, not "
+                     f"comparable with current runs.\n\n" + table)
         path = export_board(results, track.name if track else "untracked", dataset, out, table)
         print(f"{dataset}: {len(results.records)} records → {path}")
     return 0

@@ -90,6 +90,36 @@ def cross_features(known: pd.DataFrame, queries: pd.DataFrame, item_attrs: Seque
     return np.concatenate([user, by_cat, item], axis=1).astype(np.float32)
 
 
+class ItemHistory:
+    """The item-level cross features (log popularity, like rate) of the known exposures as of any time: what
+    `cross_features` gives in its item columns, looked up by binary search instead of recomputed. At inference a
+    query's time is the evaluated user's own moment (after their last known exposure), so other users' later
+    exposures, the future for that user, never count."""
+
+    def __init__(self, known: pd.DataFrame, priors: tuple[float, float]):
+        if "sampled" in known:
+            known = known[~known["sampled"].to_numpy(bool)]
+        items = known["item"].to_numpy(np.int64)
+        ts = known["ts"].to_numpy(np.int64)
+        self.t0 = int(ts.min()) if len(ts) else 0
+        self.stride = (int(ts.max()) - self.t0 + 2) if len(ts) else 2  # one (item, time) key: item * stride + time
+        self.keys = np.sort(items * self.stride + (ts - self.t0))
+        order = np.argsort(items * self.stride + (ts - self.t0), kind="stable")
+        self.likes = np.r_[0.0, np.cumsum(known["label"].to_numpy(float)[order])]
+        self.prior_label = priors[0]
+
+    def at(self, items: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """`[len(items), 2]` float32: each item's features from the known exposures strictly before its time."""
+        items, times = np.asarray(items, np.int64), np.asarray(times, np.int64)
+        offset = np.clip(times - self.t0, 0, self.stride - 1)  # before every known time → 0; after all → all
+        first = np.searchsorted(self.keys, items * self.stride, side="left")
+        end = np.searchsorted(self.keys, items * self.stride + offset, side="left")
+        n = (end - first).astype(float)
+        likes = self.likes[end] - self.likes[first]
+        like = (likes + PSEUDO_COUNT * self.prior_label) / (n + PSEUDO_COUNT)
+        return np.stack([np.log1p(n), like], axis=1).astype(np.float32)
+
+
 def exposures_from_sequences(sequences: Sequence[np.ndarray], n_items: int, per_positive: int = 1,
                              seed: int = 0) -> pd.DataFrame:
     """Labelled rows for data without exposures (leave-one-out sequences): every interaction a positive at its
