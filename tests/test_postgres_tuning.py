@@ -1,4 +1,5 @@
 """The distributed case for real: two tuning workers share one study in a local PostgreSQL server."""
+import json
 import os
 import shutil
 import socket
@@ -36,7 +37,7 @@ def _worker(storage, runs_dir, seed):
 
 @pytest.fixture
 def postgres_url():
-    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (dev extra)")
+    pytest.importorskip("psycopg", reason="psycopg (a core dependency) is not installed")
     bindir = postgres_bin()
     if bindir is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; .ci/run installs Debian's postgresql")
@@ -55,12 +56,11 @@ def postgres_url():
                     f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"], check=True,
                    capture_output=True, timeout=120)
     try:
-        import psycopg2
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-        conn.autocommit = True
-        conn.cursor().execute("CREATE DATABASE optuna")
-        conn.close()
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
+        import psycopg
+        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
+                             autocommit=True) as conn:
+            conn.execute("CREATE DATABASE optuna")
+        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"  # the form the README writes, no dialect suffix
     finally:
         subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                        capture_output=True, timeout=120)
@@ -74,3 +74,12 @@ def test_two_workers_share_a_postgresql_study(postgres_url, tmp_path):
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len(finished) >= 4 and len(finished) == len(study.trials)
     assert len({t.user_attrs["pid"] for t in finished}) == 2
+
+
+def test_the_run_store_takes_the_readmes_postgresql_url(postgres_url, tmp_path, capsys):
+    from harness.board.store import RunStore
+    from harness.cli.main import main
+    assert main(["run", "--method", "pop", "--data-set", "n_users=100", "--store", postgres_url,
+                 "--runs-dir", str(tmp_path / "runs"), "--json"]) == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    assert RunStore(postgres_url, tmp_path / "runs").get(run_id)["status"] == "ok"

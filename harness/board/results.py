@@ -20,6 +20,7 @@ import harness
 from harness.board.store import RunStore
 from harness.metrics import metrics_from_ranks
 from harness.paths import LEADERBOARDS_DIR
+from harness.schema import EVALUATED, RecordError, check_record
 
 
 def is_stale(record: dict[str, Any]) -> bool:
@@ -155,20 +156,20 @@ def load_results(track: str | None = None, dataset: str | None = None, store: Ru
                     if not line.strip():
                         continue
                     try:
-                        record = json.loads(line)
-                        missing = [k for k in ("run_id", "method", "status") if k not in record]
-                        if missing:
-                            raise KeyError(f"missing {missing}")
-                    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                        result.broken.append(f"{path}:{number}: unreadable record ({type(exc).__name__}: {exc})")
+                        record = check_record(json.loads(line))
+                    except (json.JSONDecodeError, RecordError) as exc:
+                        result.broken.append(f"{path}:{number}: unreadable record ({exc})")
                         continue
                     candidates.append((record, folder / "per_user" / f"{record['run_id']}.npz"))
     if store is not None:
         for record in store.records(dataset=dataset, track=track):
-            candidates.append((record, store))
+            try:
+                candidates.append((check_record(record), store))
+            except RecordError as exc:  # a store written by other code, or by hand
+                result.broken.append(f"store {store.url}, run {record.get('run_id')!r}: unreadable record ({exc})")
     seen = set()
     for record, source in candidates:
-        if record["run_id"] in seen or record.get("status") not in harness.EVALUATED \
+        if record["run_id"] in seen or record.get("status") not in EVALUATED \
                 or record.get("purpose", "eval") != purpose:
             continue
         if track and record.get("track") != track or dataset and record.get("dataset") != dataset:

