@@ -6,6 +6,7 @@ local run store (`runs/harness.db`, or $HARNESS_RUNS_DIR / $HARNESS_STORE). It n
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import altair as alt
@@ -26,11 +27,25 @@ st.set_page_config(page_title="gr-harness leaderboard", layout="wide")
 
 
 def local_store() -> RunStore | None:
-    """The local store, only if it already exists (opening it must not create anything)."""
+    """The local store, only if it already exists, opened read-only: the app never writes."""
     url = default_url()
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
         return None
-    return RunStore(url, default_runs_dir())
+    try:
+        return RunStore(url, default_runs_dir(), read_only=True)
+    except HarnessError as exc:
+        st.warning(plain(f"The local run store could not be read: {exc}"))
+        return None
+
+
+def plain(text: object) -> str:
+    """Record fields as text: markdown and HTML in a record (a method label, a failure, a path) are shown, never
+    rendered, so a record cannot make a viewer's browser fetch anything."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", str(text))
+
+
+def track_name(track: str) -> str:
+    return "untracked runs" if track == "None" else track
 
 
 def all_results(include_stale: bool) -> ResultSet:
@@ -80,11 +95,25 @@ def track_seeds(track: str) -> int:
         return 3
 
 
+def flagship(results: ResultSet) -> tuple[str, str]:
+    """The board to open on: a track's dataset with the most rows that have the track's seeds (runs outside any
+    track come last), then the most records."""
+    boards = sorted({(str(r.get("track")), r["dataset"]) for r in results.records})
+
+    def completeness(board: tuple[str, str]) -> tuple:
+        subset = results.subset(lambda r: (str(r.get("track")), r["dataset"]) == board)
+        full = sum(len(records) >= track_seeds(board[0]) for records in subset.groups().values())
+        return board[0] != "None", full, len(subset.records)
+    return max(boards, key=completeness)
+
+
 def leaderboard_view(results: ResultSet) -> None:
-    tracks = sorted({str(r.get("track")) for r in results.records})
-    track = st.selectbox("Track", tracks)
+    first_track, first_dataset = flagship(results)
+    tracks = sorted({str(r.get("track")) for r in results.records}, key=lambda t: (t == "None", t))
+    track = st.selectbox("Track", tracks, index=tracks.index(first_track), format_func=track_name)
     datasets = sorted({r["dataset"] for r in results.records if str(r.get("track")) == track})
-    dataset = st.selectbox("Dataset", datasets)
+    dataset = st.selectbox("Dataset", datasets, index=datasets.index(first_dataset) if first_dataset in datasets
+                           else 0)
     subset = results.subset(lambda r: str(r.get("track")) == track and r["dataset"] == dataset)
     ks = subset.records[0].get("eval", {}).get("ks") or [5, 10, 20, 50]
     ranking = [m for m in ("auc", "gauc") if any(m in r["metrics"].get("test", {}) for r in subset.records)]
@@ -98,8 +127,9 @@ def leaderboard_view(results: ResultSet) -> None:
                    + ", ".join(f"{m}/{p}" for m, p in versions) + f" (current {METRIC_VERSION}/{PROTOCOL_VERSION}), "
                    "before budgets were counted in epochs and item ids were hash-ordered. They are shown for "
                    "reference and are not comparable with current runs; rerun them to put them on the board.")
-    st.caption(f"{len(subset.records)} runs · split {subset.records[0].get('split_id', '')[:12]} · ties: methods not "
-               f"significantly below the best on {metric} (Wilcoxon over users, Holm-corrected, α = 0.05)")
+    st.caption(plain(f"{len(subset.records)} runs · split {str(subset.records[0].get('split_id', ''))[:12]} · ties: "
+                     f"methods not significantly below the best on {metric} (Wilcoxon over users, Holm-corrected, "
+                     f"α = 0.05); rows without the track's seeds, converged and reproducible runs are not ranked"))
     table = pd.DataFrame(rows)
     marks = {"best": "★ best", "tied": "≈ tied", "different": "", "n/a": "not ranked"}
     table.insert(0, "", [marks[r["tied_with_best"]] for r in rows])
@@ -137,7 +167,7 @@ def leaderboard_view(results: ResultSet) -> None:
 
 def compare_view(results: ResultSet) -> None:
     datasets = sorted({(str(r.get("track")), r["dataset"]) for r in results.records})
-    track, dataset = st.selectbox("Track / dataset", datasets, format_func=lambda t: f"{t[0]} / {t[1]}")
+    track, dataset = st.selectbox("Track / dataset", datasets, format_func=lambda t: f"{track_name(t[0])} / {t[1]}")
     subset = results.subset(lambda r: (str(r.get("track")), r["dataset"]) == (track, dataset))
     groups = subset.groups()
     labels = sorted(groups)
@@ -146,15 +176,23 @@ def compare_view(results: ResultSet) -> None:
         return
     a = st.selectbox("Method A", labels, index=0)
     b = st.selectbox("Method B", labels, index=1)
+    if a == b:
+        st.warning("Method A and method B are the same row: pick two different rows to compare.")
+        return
     ks = subset.records[0].get("eval", {}).get("ks") or [5, 10, 20, 50]
     rows = []
     for metric in [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks]:
-        pair = compare_rows(subset, {a: groups[a], b: groups[b]}, metric, "wilcoxon", "holm", 0.05)
+        try:
+            pair = compare_rows(subset, {a: groups[a], b: groups[b]}, metric, "wilcoxon", "holm", 0.05)
+        except HarnessError as exc:  # e.g. rows of different splits cannot be paired
+            st.warning(plain(exc))
+            return
         other = next(r for r in pair if r["tied"] != "best")
         best = next(r for r in pair if r["tied"] == "best")
         rows.append({"metric": metric, "better": best["method"], "difference": other["diff vs best"],
                      "bootstrap 95% CI": other["boot 95% CI"], "p wilcoxon": other["p wilcoxon"],
-                     "p paired-t": other["p paired-t"], "significant": "yes" if other["tied"] == "no" else "no"})
+                     "p paired-t": other["p paired-t"],
+                     "significant": "yes" if other["tied"].startswith("different") else "no"})
     st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
     metric = st.selectbox("Per-user difference of", [r["metric"] for r in rows])
     per_a = [subset.per_user(r) for r in groups[a]]
@@ -172,13 +210,18 @@ def detail_view(results: ResultSet) -> None:
     ids = [r["run_id"] for r in results.records]
     run_id = st.selectbox("Run", ids)
     record = next(r for r in results.records if r["run_id"] == run_id)
-    st.markdown(f"**{record['method']}** on **{record['dataset']}**, seed {record.get('seed')}, "
-                f"track {record.get('track')}, status `{record['status']}`")
+    st.text(f"{record['method']} on {record['dataset']}, seed {record.get('seed')}, "
+            f"track {track_name(str(record.get('track')))}, status {record['status']}")
+    metrics = pd.DataFrame(record.get("metrics") or {})
+    if not metrics.empty:  # metrics first: what a reader came for
+        st.dataframe(metrics, use_container_width=True)
+    if record.get("failure"):
+        st.text(f"failure: {record['failure']}")
     st.code(record.get("command") or "(command not recorded)", language="bash")
     mark = record.get("verified")
     if mark:
-        st.success(f"Verified: seed {mark.get('seed')} of bundle `{mark.get('bundle')}` reproduced within "
-                   f"±{mark.get('tolerance')} (largest difference {mark.get('max_abs_diff')}) on {mark.get('at')}")
+        st.success(plain(f"Verified: seed {mark.get('seed')} of bundle {mark.get('bundle')} reproduced within "
+                         f"±{mark.get('tolerance')} (largest difference {mark.get('max_abs_diff')}) on {mark.get('at')}"))
     cols = st.columns(3)
     cols[0].write({"split_id": record.get("split_id"), "git_sha": record.get("git_sha"),
                    "metric_version": record.get("metric_version"), "protocol_version": record.get("protocol_version")})
@@ -192,7 +235,7 @@ def main() -> None:
     include_stale = st.sidebar.checkbox("Show stale records (older metric/protocol versions)", value=False)
     results = all_results(include_stale)
     for problem in results.broken:
-        st.warning(f"Skipped a broken record: {problem}")
+        st.warning(plain(f"Skipped a broken record: {problem}"))
     if results.stale and not include_stale:
         st.sidebar.caption(f"{len(results.stale)} stale record(s) hidden")
     if not results.records:

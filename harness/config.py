@@ -41,8 +41,30 @@ def merge_config(defaults: dict[str, Any], overrides: dict[str, Any], method: st
         if recipe not in recipes:
             raise ConfigError(f"method {method!r} has no recipe {recipe!r}; recipes: {', '.join(recipes)}")
         merged.update(recipes[recipe])
+    for key, value in overrides.items():
+        problem = _type_problem(defaults[key], value)
+        if problem:
+            raise ConfigError(f"method {method!r}: {key} expects {problem} (its default is {defaults[key]!r}), "
+                              f"got {value!r}")
     merged.update(overrides)
     return merged
+
+
+def _type_problem(default: Any, value: Any) -> str | None:
+    """What `value` should be to stand in for `default`, or None when it may: a wrong type is the user's mistake,
+    said before the run, not a plugin failure after it."""
+    if default is None or value is None and default is None:
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if isinstance(default, float):
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    for kind, word in ((str, "a string"), (list, "a list"), (dict, "a mapping")):
+        if isinstance(default, kind):
+            return None if isinstance(value, kind) else word
+    return None
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -86,3 +86,65 @@ def test_cost_charts_survive_zero_training_times(published, tmp_path):
     path.write_text("\n".join(lines) + "\n")
     at = AppTest.from_file(APP).run(timeout=60)
     assert not at.exception and len(at.dataframe[0].value) == 2
+
+
+MALFORMED = {  # each a shape a hand-edited or foreign record has taken; each must be skipped with a warning
+    "a string metric": {"metrics": {"test": {"ndcg@10": "abc"}}},
+    "a dict as seed": {"seed": {"a": 1}},
+    "null metrics": {"metrics": None},
+    "a list as latency": {"latency": {"p50_ms": [1, 2]}},
+}
+
+
+@pytest.mark.parametrize("shape", sorted(MALFORMED))
+def test_a_malformed_record_is_skipped_with_a_warning_naming_its_line_and_field(published, shape):
+    import json
+    import os
+    path = Path(os.environ["HARNESS_LEADERBOARDS_DIR"]) / "smoke" / "synthetic.jsonl"
+    good = json.loads(path.read_text().splitlines()[0])
+    bad = {**good, "run_id": "bad-one", **MALFORMED[shape]}
+    with path.open("a") as handle:
+        handle.write(json.dumps(bad) + "\n")
+    at = AppTest.from_file(APP).run(timeout=60)
+    assert not at.exception
+    lines = len(path.read_text().splitlines())
+    field = next(iter(MALFORMED[shape]))
+    shown = [w.value.replace("\\", "") for w in at.warning]  # the app escapes markdown in what it shows
+    assert any(f"synthetic.jsonl:{lines}" in text and field in text for text in shown), shown
+    assert set(at.dataframe[0].value["method"]) == {"pop", "test-noisy-pop"}
+
+
+def test_record_fields_are_shown_as_text_never_rendered(published):
+    import json
+    import os
+    path = Path(os.environ["HARNESS_LEADERBOARDS_DIR"]) / "smoke" / "synthetic.jsonl"
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[0])
+    record["failure"] = "![pixel](http://127.0.0.1:9/tracker.png) <img src=x>"
+    path.write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    at = AppTest.from_file(APP).run(timeout=60)
+    at.sidebar.radio[0].set_value("Run detail").run(timeout=60)
+    assert not at.exception
+    shown = [m.value for m in at.markdown] + [w.value for w in at.warning] + [c.value for c in at.caption]
+    assert not any("](http" in text for text in shown)  # no markdown image reached a renderer
+
+
+def test_the_app_never_writes_to_an_empty_store_file(tmp_path, monkeypatch):
+    import sqlite3
+    empty = tmp_path / "runs" / "harness.db"
+    empty.parent.mkdir()
+    sqlite3.connect(empty).close()
+    monkeypatch.setenv("HARNESS_LEADERBOARDS_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("HARNESS_RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(APP).run(timeout=60)
+    assert not at.exception
+    tables = sqlite3.connect(empty).execute("select name from sqlite_master").fetchall()
+    assert tables == [], "the app created tables in the user's store"
+
+
+def test_compare_refuses_a_row_against_itself(published):
+    at = AppTest.from_file(APP).run(timeout=60)
+    at.sidebar.radio[0].set_value("Compare").run(timeout=60)
+    at.selectbox[2].set_value(at.selectbox[1].value).run(timeout=60)
+    assert not at.exception
+    assert any("same row" in w.value for w in at.warning)

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, create_engine, event, select)
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 
+from harness.errors import HarnessError
 from harness.schema import check_record
 
 DEFAULT_RUNS_DIR = "runs"
@@ -47,17 +48,37 @@ def default_url(runs_dir: Path | None = None) -> str:
 
 
 class RunStore:
-    def __init__(self, url: str | None = None, runs_dir: str | Path | None = None):
-        """`url` (any SQLAlchemy URL) beats a named `runs_dir`'s SQLite file, which beats $HARNESS_STORE."""
+    def __init__(self, url: str | None = None, runs_dir: str | Path | None = None, read_only: bool = False):
+        """`url` (any SQLAlchemy URL) beats a named `runs_dir`'s SQLite file, which beats $HARNESS_STORE.
+        `read_only` (the app): nothing is created or written, and a SQLite file is opened read-only."""
         self.runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
         self.url = url or default_url(Path(runs_dir) if runs_dir else None)
-        if self.url.startswith("sqlite:///"):
-            Path(self.url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-            self.engine = create_engine(self.url, connect_args={"timeout": 60})
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        else:
-            self.engine = create_engine(self.url, pool_pre_ping=True)
-        self._retry(self._create_tables)
+        self.read_only = read_only
+        try:
+            if self.url.startswith("sqlite:///"):
+                path = Path(self.url[len("sqlite:///"):])
+                if path.is_dir():
+                    raise HarnessError(f"store {self.url}: {path} is a folder; name a database file, e.g. "
+                                       f"sqlite:///{path / 'harness.db'}")
+                if read_only:
+                    self.engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+                else:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    self.engine = create_engine(self.url, connect_args={"timeout": 60})
+                    event.listen(self.engine, "connect", _sqlite_pragmas)
+            else:
+                self.engine = create_engine(self.url, pool_pre_ping=True)
+            if not read_only:
+                self.runs_dir.mkdir(parents=True, exist_ok=True)
+                self._retry(self._create_tables)
+        except (ArgumentError, NoSuchModuleError) as exc:
+            raise HarnessError(f"store URL {self.url!r} is not a SQLAlchemy URL ({exc}); e.g. "
+                               f"sqlite:///runs/harness.db or postgresql://user@host/db") from None
+        except OSError as exc:
+            raise HarnessError(f"cannot use {exc.filename or self.runs_dir} for the run store: {exc.strerror}; "
+                               f"pick a writable --runs-dir") from None
+        except (OperationalError, DatabaseError) as exc:
+            raise HarnessError(f"cannot open the run store {self.url}: {str(exc.orig).splitlines()[0]}") from None
 
     def _create_tables(self) -> None:
         try:
@@ -98,8 +119,13 @@ class RunStore:
         for key, value in filters.items():
             if value is not None:
                 query = query.where(getattr(runs_table.c, key) == value)
-        with self.engine.connect() as conn:
-            return [json.loads(row[0]) for row in conn.execute(query)]
+        try:
+            with self.engine.connect() as conn:
+                return [json.loads(row[0]) for row in conn.execute(query)]
+        except OperationalError:
+            if self.read_only:  # a file with no runs table yet: nothing to read
+                return []
+            raise
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         found = self.records(run_id=run_id)

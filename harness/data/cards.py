@@ -80,7 +80,15 @@ def load_card(name_or_path: str) -> Card:
             raise HarnessError(f"unknown dataset {name_or_path!r}; available: {', '.join(known)} "
                                f"(or pass the path of a card .yaml)")
         path = known[name_or_path]
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DataError(f"dataset card {path}{where}: YAML syntax error: {problem}") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"malformed dataset card {path}: expected a mapping of fields, got {type(raw).__name__}")
     try:
         files = [CardFile(**f) for f in raw.pop("files", [])]
         return Card(files=files, path=path, **raw)

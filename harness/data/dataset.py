@@ -90,6 +90,10 @@ def build_dataset(name: str, users: np.ndarray, items: np.ndarray, ts: np.ndarra
     reordered so that row u describes dense user u; rows of users without interactions are dropped, and a user
     missing from it is an error.
     """
+    items = np.asarray(items, dtype=np.int64)
+    if len(items) and (items.min() < 0 or items.max() >= len(item_table)):
+        bad = int(items[(items < 0) | (items >= len(item_table))][0])
+        raise ValueError(f"item index {bad} outside the item table's {len(item_table)} rows")
     order = canonical_order(item_table["item_id"].astype(str).to_numpy())
     new_index = np.empty(len(order), dtype=np.int64)
     new_index[order] = np.arange(len(order))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import csv
 import gzip
+import inspect
 import json
 from pathlib import Path
 from typing import Callable
@@ -15,11 +16,15 @@ from harness.config import Registry
 from harness.data.cards import Card, data_root, verified_paths
 from harness.data.dataset import Dataset, build_dataset, densify
 from harness.data.synthetic import generate_synthetic
-from harness.errors import DataError
+from harness.errors import ConfigError, DataError
 
 # One loader per upstream format: (card, verified file paths by role, options) → Dataset.
 LOADERS: Registry[Callable[[Card, dict[str, Path], dict], Dataset]] = Registry("dataset format", error=DataError)
 loader = LOADERS.register  # @loader("format") registers a function under that format name
+# Options a format reads beyond those its card lists (`--data-set key=value`).
+LOADER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "synthetic": tuple(p for p in inspect.signature(generate_synthetic).parameters if p not in ("name", "text_fields")),
+    "s3rec": ("attribute_names_from_datamaps",), "mcauley2014": ("k_core",)}
 
 
 def load_dataset(card: Card, data_dir: str | Path | None = None, **overrides) -> Dataset:
@@ -27,6 +32,11 @@ def load_dataset(card: Card, data_dir: str | Path | None = None, **overrides) ->
     if card.format not in LOADERS:
         raise DataError(f"dataset card {card.name!r} names unknown format {card.format!r}; "
                         f"known: {', '.join(LOADERS)}")
+    known = set(card.options) | set(LOADER_OPTIONS.get(card.format, ()))
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"dataset {card.name!r} has no option(s) {unknown}; its options: "
+                          f"{', '.join(sorted(known)) or 'none'}")
     paths = verified_paths(card, data_root(data_dir)) if card.files else {}
     options = {**card.options, **overrides}
     try:
@@ -108,6 +118,10 @@ def load_lcrec(card: Card, paths: dict[str, Path], options: dict) -> Dataset:
     n_items = max(int(k) for k in meta) + 1
     users, items, positions, user_ids = [], [], [], []
     for uid, (raw_user, seq) in enumerate(sorted(inter.items(), key=lambda kv: int(kv[0]))):
+        bad = [i for i in seq if not isinstance(i, int) or isinstance(i, bool) or i < 0]
+        if bad:
+            raise DataError(f"{paths['interactions']}: user {raw_user!r} has item id {bad[0]!r}; item ids are "
+                            f"non-negative integers (0-based, as the item file's keys)")
         user_ids.append(raw_user)
         users.extend([uid] * len(seq))
         items.extend(int(i) for i in seq)

@@ -13,7 +13,7 @@ from harness.data.dataset import Dataset
 from harness.data.labelled import LabelledSplit, labelled_split
 from harness.data.split import DEFAULT_PROTOCOL, Split, leave_one_out
 from harness.data.temporal import temporal_split
-from harness.errors import ConfigError
+from harness.errors import ConfigError, DataError
 
 LABELLED = "labelled"
 PROTOCOLS: dict[str, Callable[[Dataset, dict[str, Any]], Split | LabelledSplit]] = {
@@ -55,4 +55,10 @@ def make_split(dataset: Dataset, protocol: dict[str, Any] | None = None) -> Spli
     name = protocol_name(protocol)
     if name not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {name!r}; available: {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[name](dataset, dict(protocol or {}))
+    split = PROTOCOLS[name](dataset, dict(protocol or {}))
+    if not len(split.test.users):
+        lengths = dataset.interactions.groupby("user").size() if dataset.n_interactions else []
+        raise DataError(f"dataset {dataset.name!r}: none of its {dataset.n_users} users can be evaluated under the "
+                        f"{name} protocol (longest history {int(max(lengths, default=0))} interactions"
+                        + ("; leave-one-out needs at least 3" if name == "leave-one-out" else "") + ")")
+    return split

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from harness.data.dataset import Dataset, build_dataset
+from harness.errors import ConfigError
 
 _SYLLABLES = ["ka", "lo", "mi", "ne", "su", "ta", "ri", "vo", "pe", "zu", "da", "fi", "go", "hu", "je", "ba"]
 
@@ -28,6 +29,14 @@ def generate_synthetic(name: str = "synthetic", n_users: int = 1000, n_items: in
                        vocab_per_topic: int = 12, seed: int = 0, text_fields: list[str] | None = None,
                        labels: bool = False, p_explore: float = 0.35, like_affinity: float = 2.0,
                        like_quality: float = 1.0, like_bias: float = -1.0) -> Dataset:
+    for key, value, least in (("n_users", n_users, 1), ("n_items", n_items, 1), ("n_topics", n_topics, 1),
+                              ("min_len", min_len, 1), ("max_len", max_len, min_len),
+                              ("vocab_per_topic", vocab_per_topic, 4)):
+        if not isinstance(value, (int, np.integer)) or value < least:
+            raise ConfigError(f"synthetic data: {key} must be an integer of at least {least}, got {value!r}")
+    for key, value in (("p_stay", p_stay), ("p_next", p_next), ("p_explore", p_explore)):
+        if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ConfigError(f"synthetic data: {key} must be a probability in [0, 1], got {value!r}")
     rng = np.random.default_rng(seed)
     topic_of = np.arange(n_items) % n_topics
     members = [np.flatnonzero(topic_of == t) for t in range(n_topics)]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from harness.api import Method
+from harness.api import Method, TopK
 from harness.errors import EvaluationError
 from harness.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores, ranks_from_topk
 
@@ -35,6 +35,18 @@ def plugin_kwargs(method: Method, users: Sequence[int] | None = None,
     if method.uses_exposures and exposures is not None:
         kwargs["exposures"] = list(exposures)
     return kwargs
+
+
+def asked_top(method: Method, histories: list, k: int, kwargs: dict[str, Any]) -> TopK:
+    """`recommend(histories, k)`, held to its contract as `score()` is: a TopK of `[B, k]` items and scores."""
+    top = method.recommend(histories, k, **kwargs)
+    if not isinstance(top, TopK) or not isinstance(top.items, torch.Tensor) or not isinstance(top.scores, torch.Tensor):
+        raise EvaluationError(f"recommend() returned {type(top).__name__}, expected TopK(items=Tensor, scores=Tensor)")
+    want = (len(histories), k)
+    if tuple(top.items.shape) != want or tuple(top.scores.shape) != want:
+        raise EvaluationError(f"recommend(k={k}) returned items {list(top.items.shape)} and scores "
+                              f"{list(top.scores.shape)}, expected [{want[0]}, {want[1]}]")
+    return top
 
 
 def judged_mode(method: Method, mode: str = "auto") -> str:
@@ -70,7 +82,7 @@ def evaluate_method(method, histories: Sequence[np.ndarray], targets: np.ndarray
                 all_ranks.append(ranks_from_scores(scores.detach().cpu(), tgt, exclude))
             else:
                 extra = max((len(h) for h in hist), default=0) if exclude_history else 0
-                top = method.recommend(hist, min(n_items, k_max + extra), **kwargs)
+                top = asked_top(method, hist, min(n_items, k_max + extra), kwargs)
                 ranks, batch_counts = ranks_from_topk(top.items.detach().cpu(), top.scores.detach().cpu(), tgt,
                                                       n_items, exclude)
                 _generative_counts(method, top, tgt, ks, generative)

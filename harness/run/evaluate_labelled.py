@@ -21,7 +21,7 @@ from harness.api import Method
 from harness.data.labelled import LabelledPart
 from harness.errors import EvaluationError
 from harness.metrics import auc, log_loss, ranks_from_scores, ranks_from_topk, retrieval_metrics
-from harness.run.evaluate import EvalResult, alternative_rankings, judged_mode, plugin_kwargs
+from harness.run.evaluate import EvalResult, alternative_rankings, asked_top, judged_mode, plugin_kwargs
 
 
 def _call_kwargs(method: Method, part: LabelledPart, rows: slice) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def _retrieval_ranks(method, part: LabelledPart, n_items: int, k_max: int, mode:
             alt = {}
         else:
             extra = max((len(e) for e in (excluded[rows] if excluded is not None else [])), default=0)
-            top = method.recommend(hist, min(n_items, k_max + extra), **kwargs)
+            top = asked_top(method, hist, min(n_items, k_max + extra), kwargs)
             items, top_scores = top.items.detach().cpu(), top.scores.detach().cpu()
             ranks = ranks_from_topk(items[owner], top_scores[owner], flat, n_items, exclude)[0].numpy() \
                 if len(owner) else np.zeros(0)

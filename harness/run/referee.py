@@ -25,7 +25,7 @@ from harness.config import merge_config
 from harness.data import load_card, load_dataset, make_split
 from harness.data.interactions import TrainInteractions
 from harness.data.protocols import is_labelled, resolve
-from harness.errors import BudgetExceeded, EvaluationError, NonFiniteLoss, RunPruned
+from harness.errors import BudgetExceeded, ConfigError, EvaluationError, NonFiniteLoss, RunPruned
 from harness.run.evaluate import evaluate_method, plugin_kwargs
 from harness.run.evaluate_labelled import evaluate_labelled
 from harness.run.record import new_record, new_run_id, peak_memory_mb
@@ -72,9 +72,21 @@ def stage_evaluator(split, stage: str, n_items: int, ks: Sequence[int], desc: st
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto (a GPU where there is one), cpu, cuda or cuda:N; anything else, or CUDA without a GPU, is a user error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: this torch build sees no CUDA GPU (torch {torch.__version__}); "
+                          f"use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -173,10 +185,25 @@ def prepare(spec: RunSpec) -> Prepared:
     method_cls = registry.get(spec.method)
     config = merge_config(method_cls.default_config, {**spec.track_overrides, **spec.overrides}, spec.method,
                           method_cls.recipes)
+    resolve_device(spec.device)  # an unknown or absent device is a user error, before anything runs
+    check_spec(spec)
     card = load_card(spec.dataset)
     dataset = load_dataset(card, spec.data_dir, **spec.dataset_options)
     split = make_split(dataset, resolve(card.protocol, spec.protocol))
+    if max(spec.ks) > dataset.n_items:
+        raise ConfigError(f"cut-off {max(spec.ks)} is larger than the catalogue ({dataset.n_items} items of "
+                          f"{card.name}); pick --ks up to {dataset.n_items}")
     return Prepared(method_cls, config, card, dataset, split)
+
+
+def check_spec(spec: RunSpec) -> None:
+    """Budgets that cannot mean anything are refused rather than stored as runs."""
+    if spec.max_epochs is not None and spec.max_epochs < 1:
+        raise ConfigError(f"--epochs {spec.max_epochs}: the epoch cap must be at least 1")
+    if spec.budget_seconds is not None and spec.budget_seconds <= 0:
+        raise ConfigError(f"budget of {spec.budget_seconds:g}s: a safety cap must be positive (or none)")
+    if not spec.ks or min(spec.ks) < 1:
+        raise ConfigError(f"cut-offs {list(spec.ks)}: each must be at least 1")
 
 
 def run(spec: RunSpec, store: RunStore | None = None, prepared: Prepared | None = None) -> dict[str, Any]:
