@@ -148,3 +148,17 @@ def test_compare_refuses_a_row_against_itself(published):
     at.selectbox[2].set_value(at.selectbox[1].value).run(timeout=60)
     assert not at.exception
     assert any("same row" in w.value for w in at.warning)
+
+
+def test_the_app_opens_on_the_flagship_board_and_names_untracked_runs(published, tmp_path):
+    import json
+    import os
+    boards = Path(os.environ["HARNESS_LEADERBOARDS_DIR"])
+    good = json.loads((boards / "smoke" / "synthetic.jsonl").read_text().splitlines()[0])
+    (boards / "untracked").mkdir()
+    lone = {**good, "run_id": "lone-untracked-run", "track": None, "dataset": "beauty"}
+    (boards / "untracked" / "beauty.jsonl").write_text(json.dumps(lone) + "\n")
+    at = AppTest.from_file(APP).run(timeout=60)
+    assert not at.exception
+    assert at.selectbox[0].value == "smoke"  # the board with the complete rows, not the lone untracked run
+    assert "untracked runs" in at.selectbox[0].options and "None" not in at.selectbox[0].options

@@ -28,18 +28,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                    reason="Chromium / chromedriver not installed (Debian packages chromium, chromium-driver)")
-def test_screenshots_of_each_view(published, tmp_path):  # noqa: F811
+needs_browser = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
+                                   reason="Chromium / chromedriver not installed (Debian packages chromium, "
+                                          "chromium-driver)")
+
+
+def shoot(tmp_path, pages: dict[str, tuple[str, str]], env: dict[str, str]) -> dict[str, str]:
+    """Serve the app on loopback, open each page (name: (query, text to wait for)) in headless Chromium, save a
+    screenshot under test-artifacts/app-<name>.png and return each page's visible text."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (dev extra)")
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     port = _free_port()
-    env = {**os.environ, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless",
                                "true", "--server.address", "127.0.0.1", "--server.port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              env={**env, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    texts = {}
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -55,23 +61,43 @@ def test_screenshots_of_each_view(published, tmp_path):  # noqa: F811
                      "--disable-background-networking", "--disable-component-update", "--disable-sync",
                      "--window-size=1400,1800", f"--user-data-dir={tmp_path / 'chrome'}"):
             options.add_argument(flag)
-        service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
-        driver = webdriver.Chrome(options=options, service=service)
-        expected = {"Leaderboard": "runs · split", "Compare": "Method A", "Run detail": "split_id"}
+        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
         try:
-            for view, text in expected.items():
-                driver.get(f"http://127.0.0.1:{port}/?view={view.replace(' ', '%20')}")
+            for name, (query, text) in pages.items():
+                driver.get(f"http://127.0.0.1:{port}/{query}")
                 WebDriverWait(driver, 60, ignored_exceptions=(StaleElementReferenceException,)).until(
                     lambda d: text in d.find_element(By.TAG_NAME, "body").text)
                 time.sleep(2)  # let the charts finish drawing
-                body = driver.find_element(By.TAG_NAME, "body").text
-                assert "gr-harness leaderboard" in body
-                if view == "Leaderboard":
-                    assert "broken" in body or "unreadable" in body, "the broken record's warning is visible"
-                out = ARTIFACTS / f"app-{view.lower().replace(' ', '-')}.png"
+                texts[name] = driver.find_element(By.TAG_NAME, "body").text
+                out = ARTIFACTS / f"app-{name}.png"
                 assert driver.save_screenshot(str(out)) and out.stat().st_size > 20_000
         finally:
             driver.quit()
     finally:
         server.terminate()
         server.wait(timeout=30)
+    return texts
+
+
+@needs_browser
+def test_screenshots_of_each_view(published, tmp_path):  # noqa: F811
+    import json
+    boards = Path(os.environ["HARNESS_LEADERBOARDS_DIR"])
+    path = boards / "smoke" / "synthetic.jsonl"
+    record = json.loads(path.read_text().splitlines()[0])
+    with path.open("a") as handle:  # a record that parses but breaks the schema: a string where a number belongs
+        handle.write(json.dumps({**record, "run_id": "hand-edited", "metrics": {"test": {"ndcg@10": "abc"}}}) + "\n")
+    texts = shoot(tmp_path, {"leaderboard": ("?view=Leaderboard", "runs · split"),
+                             "compare": ("?view=Compare", "Method A"),
+                             "run-detail": ("?view=Run%20detail", "split_id")}, dict(os.environ))
+    for text in texts.values():
+        assert "gr-harness leaderboard" in text
+    assert "unreadable" in texts["leaderboard"] and "ndcg@10" in texts["leaderboard"]  # the schema warning names it
+
+
+@needs_browser
+def test_the_first_screen_on_the_published_boards(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "HARNESS_LEADERBOARDS_DIR"}
+    env["HARNESS_RUNS_DIR"] = str(tmp_path / "no-store")  # the published boards only
+    text = shoot(tmp_path, {"first-screen": ("", "runs · split")}, env)["first-screen"]
+    assert "None" not in text.split("Track")[1].splitlines()[1]  # a real track, not the untracked runs

@@ -30,6 +30,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    # the plan line (model size, epoch cost, an estimate of the run) on a terminal, not under --json
+    if sys.stderr.isatty() and not getattr(args, "json", False):
+        plan = logging.getLogger("harness.plan")
+        plan.setLevel(logging.INFO)
+        plan.propagate = False
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("plan: %(message)s"))
+        plan.addHandler(handler)
     if args.command not in handlers:
         parser.print_help()
         return 0

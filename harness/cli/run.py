@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from tabulate import tabulate
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, HarnessError
 
 
 def _ks(text: str) -> list[int]:
@@ -192,6 +192,10 @@ def cmd_tune(args: argparse.Namespace, argv: Sequence[str]) -> int:
     trials = args.trials or int(track.tuning.get("trials", 20))
     study = tune(spec, trials, store, metric, args.storage, args.study, args.sampler_seed)
     finished = [t for t in study.trials if t.state.is_finished()]
+    if not any(t.state.name == "COMPLETE" for t in study.trials):
+        failures = sorted({str(t.user_attrs.get("failure") or t.state.name) for t in finished})
+        raise HarnessError(f"study {study.study_name}: none of its {len(finished)} trials finished ok ("
+                           + "; ".join(failures[:3]) + "); see the trial records in the run store")
     print(f"study {study.study_name}: {len(finished)} finished trials; best valid {metric} "
           f"{study.best_value:.4f} with {study.best_params}")
     if args.no_final:

@@ -7,12 +7,36 @@ then the state trained last is validated before the best one is kept, so no trai
 """
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any, Callable, Iterable
 
 import torch
 from tqdm import tqdm
 
 from harness.api import Budget, EarlyStopping, Method, TrainView, check_finite
+
+plan = logging.getLogger("harness.plan")  # the CLI shows it on a terminal (not under --json)
+PLAN_STEPS = 20  # steps timed before the estimate is given
+PAPER_SIZE_PARAMS = 5_000_000  # above this on a CPU, a hint: a smaller track or a GPU
+
+
+def say_plan(method: Method, module: torch.nn.Module, train: TrainView, batches: int, epochs: int,
+             seconds_per_step: float) -> None:
+    """One line before the long part: what is trained where, and what an epoch and the run will cost."""
+    params = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    epoch_s = seconds_per_step * batches
+    hint = ""
+    if train.device.type == "cpu" and params > PAPER_SIZE_PARAMS:
+        hint = "; a paper-size model on a CPU: try --track cpu-small (smaller shapes) or a GPU"
+    plan.info("%s: %s trainable parameters on %s, %d batches per epoch; measured %.1f s per epoch, up to %d epochs "
+              "≈ %s (early stopping usually ends sooner)%s", method.name, f"{params:,}", train.device, batches,
+              epoch_s, epochs, _duration(epoch_s * epochs), hint)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 \
+        else f"{seconds / 3600:.1f} h"
 
 
 def train_with_validation(method: Method, module: torch.nn.Module, train: TrainView, budget: Budget,
@@ -31,12 +55,17 @@ def train_with_validation(method: Method, module: torch.nn.Module, train: TrainV
         validated = trained
         return stopper.update(train.validate(method), module)
 
-    for epoch in tqdm(range(budget.epochs(int(cfg["epochs"]))), desc=f"{method.name} epochs", leave=False,
-                      disable=None):
+    epochs = budget.epochs(int(cfg["epochs"]))
+    for epoch in tqdm(range(epochs), desc=f"{method.name} epochs", leave=False, disable=None):
         module.train()
-        for batch in batches():
+        epoch_batches = list(batches())
+        started = time.perf_counter()
+        for index, batch in enumerate(tqdm(epoch_batches, desc=f"epoch {epoch + 1}", leave=False, disable=None)):
             if budget.exhausted():
                 break
+            if epoch == 0 and index == min(PLAN_STEPS, len(epoch_batches) - 1) and index:
+                say_plan(method, module, train, len(epoch_batches), epochs,
+                         (time.perf_counter() - started) / index)
             loss = loss_of(batch)
             check_finite(loss, step)
             optimizer.zero_grad()

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -86,7 +87,8 @@ class SentenceTransformerEmbedder(Embedder):
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
         encoder = SentenceTransformer(model, device=self.options["device"])
         vectors = encoder.encode(item_texts(items, text_fields), batch_size=self.options["batch_size"],
-                                 normalize_embeddings=True, show_progress_bar=None, convert_to_numpy=True)
+                                 normalize_embeddings=True, show_progress_bar=sys.stderr.isatty(),
+                                 convert_to_numpy=True)
         return np.asarray(vectors, dtype=np.float32)
 
 

@@ -106,6 +106,7 @@ def tune(spec: RunSpec, trials: int, store: RunStore, metric: str = "ndcg@10", s
         if record["status"] == "pruned":
             raise optuna.TrialPruned()
         if record["status"] not in EVALUATED:
+            trial.set_user_attr("failure", f"{record['status']}: {record['failure']}")
             raise RuntimeError(f"trial run {record['run_id']} {record['status']}: {record['failure']}")
         return record["metrics"]["valid"][metric]
 
