@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from harness import METRIC_VERSION, PROTOCOL_VERSION
-from harness.board.results import ResultSet, is_stale, load_results, row_label
+from harness.board.results import ResultSet, is_stale, load_results
 from harness.board.stats import seed_summary
 from harness.board.store import RunStore, default_runs_dir, default_url
 from harness.board.tables import compare_rows, leaderboard_rows
@@ -82,7 +82,9 @@ def pareto(frame: pd.DataFrame, cost: str, quality: str) -> pd.DataFrame:
 
 def cost_chart(frame: pd.DataFrame, cost: str, metric: str, title: str):
     points = alt.Chart(frame).mark_circle(size=90).encode(
-        x=alt.X(cost, scale=alt.Scale(type="log")), y=metric, color="method", tooltip=list(frame.columns))
+        x=alt.X(cost, scale=alt.Scale(type="log")), y=metric, tooltip=list(frame.columns),
+        color=alt.Color("method", scale=alt.Scale(scheme="tableau20")),  # 20 colours: a 13-row board repeats none
+        shape="method")
     front = alt.Chart(pareto(frame, cost, metric)).mark_line(strokeDash=[4, 4], color="gray").encode(x=cost, y=metric)
     return (points + front).properties(title=title, height=300)
 
@@ -120,6 +122,16 @@ def leaderboard_view(results: ResultSet) -> None:
     metric = st.selectbox("Metric for ties and plots", [f"ndcg@{k}" for k in ks] + [f"recall@{k}" for k in ks]
                           + ranking, index=min(1, len(ks) - 1))  # AUC where the protocol has labelled exposures
     rows = leaderboard_rows(subset, ks, metric, min_seeds=track_seeds(track))
+    labels = [r["method"] for r in rows]
+    left, right = st.columns([3, 1])
+    chosen = left.multiselect("Methods", labels, default=labels)
+    few = right.checkbox(f"Rows with fewer than {track_seeds(track)} seeds", value=True)
+    rows = [r for r in rows if r["method"] in chosen and (few or r["seeds"] >= track_seeds(track))]
+    if not rows:
+        st.info("No row matches the filter.")
+        return
+    groups = subset.groups()
+    shown = [record for r in rows for record in groups[r["method"]]]  # one record per seed, as the table counts
     stale = [r for r in subset.records if is_stale(r)]
     if stale:
         versions = sorted({(r.get("metric_version"), r.get("protocol_version")) for r in stale}, key=str)
@@ -134,35 +146,40 @@ def leaderboard_view(results: ResultSet) -> None:
     marks = {"best": "★ best", "tied": "≈ tied", "different": "", "n/a": "not ranked"}
     table.insert(0, "", [marks[r["tied_with_best"]] for r in rows])
     table["verified"] = ["✓ reproduced" if r["verified"] else "" for r in rows]
-    st.dataframe(table.drop(columns=["tied_with_best"]), hide_index=True, use_container_width=True)
+    st.dataframe(table.drop(columns=["tied_with_best"]), hide_index=True, use_container_width=True,
+                 column_config={"method": st.column_config.TextColumn(width="large"),
+                                "note": st.column_config.TextColumn(width="large")})
     if any(r["verified"] for r in rows):
         st.caption("✓ reproduced: a submission bundle whose seed was re-run by `harness reproduce` on the "
                    "publisher's machine with every test metric within the bundle's tolerance")
     numbers = numeric_rows(subset, metric)
+    numbers = numbers[numbers["method"].isin([r["method"] for r in rows])]
     left, right = st.columns(2)
     left.altair_chart(cost_chart(numbers, "p50_ms", metric, f"{metric} vs latency (p50 ms/user)"),
                       use_container_width=True)
     right.altair_chart(cost_chart(numbers, "train_s", metric, f"{metric} vs training cost (CPU s)"),
                        use_container_width=True)
-    spread = pd.DataFrame([{"method": row_label(r), "seed": r.get("seed"), metric: r["metrics"]["test"].get(metric)}
-                           for r in subset.records])
+    name_of = {record["run_id"]: name for name, records in groups.items() for record in records}
+    spread = pd.DataFrame([{"method": name_of[r["run_id"]], "seed": r.get("seed"),
+                            metric: r["metrics"]["test"].get(metric)} for r in shown])
     st.altair_chart(alt.Chart(spread).mark_tick(thickness=3, size=30).encode(
         x=metric, y="method", tooltip=["method", "seed", metric]).properties(title="per-seed spread", height=200),
         use_container_width=True)
-    generative = [r for r in subset.records if "invalid_sid_rate" in r.get("diagnostics", {})]
+    generative = [r for r in shown if "invalid_sid_rate" in r.get("diagnostics", {})]
     if generative:
         st.subheader("Generative diagnostics")
         keys = ["invalid_sid_rate", "mean_group_size_returned", "topk_duplicates_rate", "sid_recall@10", "item_recall@10"]
-        st.dataframe(pd.DataFrame([{"method": row_label(r), "seed": r.get("seed"),
+        st.dataframe(pd.DataFrame([{"method": name_of[r["run_id"]], "seed": r.get("seed"),
                                     **{k: r["diagnostics"].get(k) for k in keys}} for r in generative]),
                      hide_index=True)
-    curves = [(r, c) for r in subset.records for c in (r.get("curves") or {}).get("validation", [])]
+    curves = [(r, c) for r in shown for c in (r.get("curves") or {}).get("validation", [])]
     if curves:
         st.subheader("Validation curves")
-        frame = pd.DataFrame([{"run": f"{row_label(r)} s{r.get('seed')}", "round": c["call"], metric: c.get(metric)}
-                              for r, c in curves])
-        st.altair_chart(alt.Chart(frame).mark_line().encode(x="round", y=metric, color="run"),
-                        use_container_width=True)
+        frame = pd.DataFrame([{"run": f"{name_of[r['run_id']]} s{r.get('seed')}", "epoch": c.get("epoch", c["call"]),
+                               metric: c.get(metric)} for r, c in curves])
+        st.altair_chart(alt.Chart(frame).mark_line().encode(
+            x="epoch", y=metric, color=alt.Color("run", scale=alt.Scale(scheme="tableau20"))),
+            use_container_width=True)
 
 
 def compare_view(results: ResultSet) -> None:
