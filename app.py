@@ -163,7 +163,8 @@ def leaderboard_view(results: ResultSet) -> None:
     spread = pd.DataFrame([{"method": name_of[r["run_id"]], "seed": r.get("seed"),
                             metric: r["metrics"]["test"].get(metric)} for r in shown])
     st.altair_chart(alt.Chart(spread).mark_tick(thickness=3, size=30).encode(
-        x=metric, y="method", tooltip=["method", "seed", metric]).properties(title="per-seed spread", height=200),
+        x=metric, y=alt.Y("method", sort=[r["method"] for r in rows]), tooltip=["method", "seed", metric]).properties(
+        title="per-seed spread", height=max(120, 28 * len(rows))),
         use_container_width=True)
     generative = [r for r in shown if "invalid_sid_rate" in r.get("diagnostics", {})]
     if generative:
