@@ -215,7 +215,7 @@ class RunStore(Honest):
 
 
 BROKEN = {  # plugin → the checks it must fail, and words the failure's reason must contain
-    WrongShape: ({"shapes"}, "shape [300, 49], expected [300, 50]"),
+    WrongShape: ({"run", "shapes"}, "shape [300, 49], expected [300, 50]"),  # the evaluator refuses it too
     OutOfCatalogue: ({"catalogue"}, "outside the catalogue"),
     Duplicates: ({"duplicates"}, "repeat an item"),
     NaNScores: ({"run", "finite"}, "NaN scores"),

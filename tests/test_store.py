@@ -44,9 +44,20 @@ def test_parallel_writers_lose_nothing(tmp_path):
 
 def test_records_round_trip_with_filters(tmp_path):
     store = RunStore(f"sqlite:///{tmp_path / 'other.db'}", runs_dir=tmp_path / "runs")
-    store.save({"run_id": "a", "status": "ok", "method": "pop", "dataset": "x", "seed": 1, "metrics": {"t": 1}})
+    store.save({"run_id": "a", "status": "ok", "method": "pop", "dataset": "x", "seed": 1,
+                "metrics": {"test": {"t": 1}}})
     store.save({"run_id": "b", "status": "failed", "method": "pop", "dataset": "y", "seed": 2})
-    assert store.get("a")["metrics"] == {"t": 1}
+    assert store.get("a")["metrics"] == {"test": {"t": 1}}
     assert [r["run_id"] for r in store.records(status="ok")] == ["a"]
     assert [r["run_id"] for r in store.records(dataset="y")] == ["b"]
     assert (tmp_path / "runs" / "a" / "record.json").exists()
+
+
+def test_a_record_that_breaks_the_schema_is_refused_before_anything_is_written(tmp_path):
+    import pytest
+
+    from harness.schema import RecordError
+    store = RunStore(f"sqlite:///{tmp_path / 'other.db'}", runs_dir=tmp_path / "runs")
+    with pytest.raises(RecordError, match="metrics.t"):
+        store.save({"run_id": "a", "status": "ok", "method": "pop", "dataset": "x", "metrics": {"t": 1}})
+    assert store.records() == [] and not (tmp_path / "runs" / "a").exists()
