@@ -9,6 +9,7 @@ import contextlib
 import copy
 import inspect
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ class Budget:
         self._paused = 0.0  # seconds spent in paused stages, finished ones
         self._pause_depth = 0
         self._pause_start = 0.0
+        self._lock = threading.Lock()  # the watchdog thread reads `elapsed` while a stage pauses the clock
         self.epochs_done = 0
 
     def start(self) -> None:
@@ -75,9 +77,10 @@ class Budget:
         """Seconds charged to the clock: since `start`, less the paused stages."""
         if self._start is None:
             return 0.0
-        now = time.monotonic()
-        running_pause = now - self._pause_start if self._pause_depth else 0.0
-        return now - self._start - self._paused - running_pause
+        with self._lock:
+            now = time.monotonic()
+            running_pause = now - self._pause_start if self._pause_depth else 0.0
+            return now - self._start - self._paused - running_pause
 
     @property
     def remaining(self) -> float:
@@ -89,15 +92,17 @@ class Budget:
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
         """A stretch not charged to the clock (nested stretches count once)."""
-        if self._pause_depth == 0:
-            self._pause_start = time.monotonic()
-        self._pause_depth += 1
+        with self._lock:
+            if self._pause_depth == 0:
+                self._pause_start = time.monotonic()
+            self._pause_depth += 1
         try:
             yield
         finally:
-            self._pause_depth -= 1
-            if self._pause_depth == 0:
-                self._paused += time.monotonic() - self._pause_start
+            with self._lock:
+                self._pause_depth -= 1
+                if self._pause_depth == 0:
+                    self._paused += time.monotonic() - self._pause_start
 
     def epochs(self, default: int) -> int:
         """The number of epochs to plan for: the plugin's own cap, limited by the budget's cap."""

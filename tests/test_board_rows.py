@@ -161,3 +161,21 @@ def test_a_board_with_runs_of_two_splits_ranks_one_and_does_not_crash(tmp_path, 
     assert any("another split" in r["note"] for r in rows)
     assert main(["compare", "--dataset", "synthetic", *runs]) == 2
     assert "different splits" in capsys.readouterr().err
+
+
+def test_edge_cases_of_rows_are_named_not_crashes():
+    import pytest
+
+    from harness.board.tables import compare_rows, leaderboard_rows, ranking
+    from harness.errors import HarnessError
+    no_hash = [{**_record("n1", "pop", 0, 0.1), "method_config_hash": None}, _record("n2", "pop", 1, 0.1)]
+    assert len(ResultSet(records=no_hash).groups()) == 2  # a null config hash is a config of its own
+    results = ResultSet(records=[_record(f"t{s}", "tiger", s, 0.2) for s in range(3)])
+    rows = leaderboard_rows(results, [10], "ndcg@100")  # a metric no record has: every tie unknown
+    assert [r["tied_with_best"] for r in rows] == ["n/a"]
+    with pytest.raises(HarnessError, match="no row has the metric"):
+        compare_rows(results, results.groups(), "ndcg@100", "wilcoxon", "holm", 0.05)
+    tied = ResultSet(records=[_pop(f"a{s}", s, "split-b") for s in range(3)]
+                     + [_record(f"b{s}", "tiger", s, 0.2) for s in range(3)])
+    groups = tied.groups()
+    assert ranking(tied, groups)[0] == {"tiger"}  # one row per split: the lexically first split id wins the tie

@@ -287,3 +287,54 @@ def test_item_features_at_inference_count_only_exposures_before_the_users_moment
     later = pd.concat([known, pd.DataFrame({"user": [5] * 50, "item": [3] * 50, "ts": [250] * 50,
                                             "rating": [5.0] * 50, "label": [1] * 50})], ignore_index=True)
     assert np.array_equal(ItemHistory(later, priors).at([3], [199]), history.at([3], [199]))  # the future is unseen
+
+
+class SwallowsOnce(Method):
+    """Ignores the clock and swallows the harness's first stop."""
+    name = "test-swallows-once"
+    paper = "a probe"
+
+    def fit(self, train, budget):
+        from harness.errors import BudgetExceeded
+        try:
+            while True:
+                time.sleep(0.01)
+        except BudgetExceeded:
+            pass
+        while True:  # the stop is raised again at the next poll
+            time.sleep(0.01)
+
+
+def test_a_plugin_that_swallows_the_stop_is_stopped_again(tiny_spec, store, plugin):
+    plugin(SwallowsOnce)
+    start = time.monotonic()
+    record = run(tiny_spec("test-swallows-once", budget_seconds=0.5), store)
+    assert record["status"] == "over_budget" and time.monotonic() - start < 15
+
+
+class CutShort(Method):
+    """Epochs of 20 steps of 0.1 s each under a 1.5 s cap: the clock cuts the first epoch short."""
+    name = "test-cut-short"
+    paper = "a probe"
+    default_config = {"epochs": 3, "eval_every": 1, "valid_metric": "ndcg@10", "patience": 5}
+
+    def fit(self, train, budget):
+        from harness.engines.training import train_with_validation
+        self.n = train.n_items
+        self.net = torch.nn.Linear(1, 1)
+        optimizer = torch.optim.SGD(self.net.parameters(), lr=0.0)
+
+        def loss_of(_):
+            time.sleep(0.1)
+            return (self.net.weight ** 2).sum()
+        train_with_validation(self, self.net, train, budget, optimizer, lambda: range(20), loss_of, self.config)
+
+    def score(self, histories, items=None):
+        return torch.zeros(len(histories), self.n)
+
+
+def test_an_epoch_the_clock_cuts_short_is_not_counted_but_its_state_is_validated(tiny_spec, store, plugin):
+    plugin(CutShort)
+    record = run(tiny_spec("test-cut-short", budget_seconds=1.5), store)
+    assert record["status"] == "budget_bound" and record["used"]["epochs"] == 0
+    assert record["used"]["validations"] == 1  # the partly trained state, judged once

@@ -119,7 +119,7 @@ def _row_names(label: str, keys: list[tuple]) -> dict[tuple, str]:
         config, split, protocol, budget, versions, bound = key
         said = []
         if "config" in varying:
-            said.append(f"config {config[:6]}")
+            said.append(f"config {str(config)[:6]}")
         if "split" in varying:
             said.append(f"split {str(split)[:8]}")
         if "protocol" in varying:

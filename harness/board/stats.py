@@ -98,9 +98,10 @@ def compare_to_best(rows: Sequence[MethodResults], test: str = "wilcoxon", corre
     if test not in TESTS:
         raise ValueError(f"unknown test {test!r}; use one of {', '.join(TESTS)}")
     summaries = [seed_summary(r.seed_values) for r in rows]
-    if not rows:
-        return []
-    best = int(np.nanargmax([s["mean"] for s in summaries]))
+    means = np.array([s["mean"] for s in summaries], dtype=float)
+    if not rows or not np.isfinite(means).any():  # no row has the metric: nothing to rank, every tie unknown
+        return [{"label": r.label, **s, "best": False, "tied": None} for r, s in zip(rows, summaries)]
+    best = int(np.nanargmax(means))
     out, raw_p = [], []
     for i, row in enumerate(rows):
         entry = {"label": row.label, **summaries[i], "best": i == best}

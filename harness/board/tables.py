@@ -46,7 +46,8 @@ def ranking(results: ResultSet, groups: dict[str, list[dict]], min_seeds: int = 
     rows have)."""
     disagree = results.reruns()
     splits = [records[0].get("split_id") for records in groups.values()]
-    main_split = max(set(splits), key=splits.count) if splits else None
+    # the split most rows have; a tie goes to the lexically first split id, the same in every process
+    main_split = max(sorted(set(splits), key=str), key=splits.count) if splits else None
     reasons: dict[str, str] = {}
     for name, records in groups.items():
         if any(r.get("status") == "budget_bound" for r in records):
@@ -133,6 +134,10 @@ def compare_rows(results: ResultSet, labels: dict[str, list[dict]], metric: str,
         raise HarnessError("the rows were run on different splits and cannot be paired: " + "; ".join(
             f"split {s[:8]}: {', '.join(names)}" for s, names in by_split.items())
             + " (pick rows of one split with --methods, or one track with --track)")
+    if not any(metric in r["metrics"].get("test", {}) for records in labels.values() for r in records):
+        raise HarnessError(f"no row has the metric {metric!r}; the records have "
+                           + ", ".join(sorted({m for recs in labels.values() for r in recs
+                                               for m in r["metrics"].get("test", {})})))
     rows = compare_to_best(method_results(results, labels, metric), test=test, correction=correction, alpha=alpha)
     out = []
     for row in rows:

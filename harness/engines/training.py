@@ -46,13 +46,12 @@ def train_with_validation(method: Method, module: torch.nn.Module, train: TrainV
     """`batches()` yields one epoch's batches, `loss_of(batch)` their loss. Reads epochs, eval_every,
     valid_metric and patience from `cfg`; leaves `module` at its best validation state, in eval mode."""
     stopper = EarlyStopping(cfg["valid_metric"], cfg["patience"])
-    step = 0
-    trained = validated = 0  # epochs trained, and the epoch whose state was validated last
+    step = validated = 0  # optimiser steps taken, and the step whose state was validated last
 
     def validate() -> bool:
         nonlocal validated
         module.eval()
-        validated = trained
+        validated = step
         return stopper.update(train.validate(method), module)
 
     epochs = budget.epochs(int(cfg["epochs"]))
@@ -76,13 +75,13 @@ def train_with_validation(method: Method, module: torch.nn.Module, train: TrainV
             if scheduler is not None:
                 scheduler.step()
             step += 1
-        budget.epoch_done()
-        trained = epoch + 1
+        else:  # the epoch ran to its end; one the clock cut short is not counted as an epoch
+            budget.epoch_done()
         if budget.exhausted():
             break
-        if trained % cfg["eval_every"] == 0 and validate():
+        if (epoch + 1) % cfg["eval_every"] == 0 and validate():
             break
-    if trained > validated:  # the last epochs were trained after the last validation: judge them too
+    if step > validated:  # steps were taken after the last validation: judge the state they left too
         validate()
     stopper.restore(module)
     module.eval()

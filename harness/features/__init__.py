@@ -17,7 +17,9 @@ from harness.nn.rng import own_rng
 
 def items_fingerprint(items: pd.DataFrame, fields: Sequence[str]) -> str:
     """Hash of exactly the item content an embedder reads (text fields and attributes)."""
-    cols = [c for c in [*fields, "attrs"] if c in items.columns]
+    # `source_index`: where each row sits in the data files, so rows read in file order (precomputed embeddings)
+    # never meet a catalogue in another order through the cache
+    cols = [c for c in [*fields, "attrs", "source_index"] if c in items.columns]
     return content_key(hash_pandas_object(items[cols].astype(str), index=True).to_numpy())
 
 

@@ -48,8 +48,12 @@ class Validator:
         self.curve: list[dict[str, float]] = []
 
     def __call__(self, method: Method) -> dict[str, float]:
-        with self._budget.paused(), torch.no_grad():  # the harness's evaluation is not the method's training time
-            result = self._evaluate(method)
+        with self._budget.paused():  # the harness's evaluation (and a tuner's hook) is not the method's training
+            with torch.no_grad():
+                result = self._evaluate(method)
+            return self._record(result)
+
+    def _record(self, result: Any) -> dict[str, float]:
         self.curve.append({"call": len(self.curve) + 1, "epoch": self._budget.epochs_done,
                            "elapsed_s": round(time.monotonic() - self._start, 3),
                            **{k: round(v, 6) for k, v in result.metrics.items()}})
@@ -111,6 +115,7 @@ class _Watchdog:
         self._thread = None if limit is None else threading.Thread(target=self._watch, daemon=True)
 
     def _watch(self) -> None:
+        # raised again at every poll until fit returns: a plugin that swallows the exception does not escape it
         while not self._done.wait(self.POLL_SECONDS):
             if self._budget.elapsed >= self._limit:
                 with self._lock:
@@ -119,7 +124,6 @@ class _Watchdog:
                     self.fired = True
                     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id),
                                                                ctypes.py_object(BudgetExceeded))
-                return
 
     def __enter__(self):
         if self._thread is not None:
@@ -243,10 +247,11 @@ def _referee(spec: RunSpec, store: RunStore, prepared: Prepared) -> dict[str, An
     hard_limit = None if spec.budget_seconds is None else spec.budget_seconds + max(2.0, 0.05 * spec.budget_seconds)
     method: Method | None = None
     fit_start, cpu_start = time.monotonic(), time.process_time()
+    watchdog = _Watchdog(budget, hard_limit)
     try:
         method = method_cls(config)
         budget.start()
-        with _Watchdog(budget, hard_limit) as watchdog:
+        with watchdog:
             method.fit(view, budget)
         if watchdog.fired:
             raise BudgetExceeded()
@@ -259,8 +264,13 @@ def _referee(spec: RunSpec, store: RunStore, prepared: Prepared) -> dict[str, An
     except NonFiniteLoss as exc:
         record["status"], record["failure"] = "failed", f"NonFiniteLoss: {exc}"
     except Exception as exc:  # the plugin's fault: recorded, never raised past the referee
-        record["status"], record["failure"] = "failed", f"{type(exc).__name__} in fit: {exc}"
-        record["diagnostics"]["traceback"] = traceback.format_exc(limit=8)
+        if watchdog.fired:  # the harness's stop, caught and re-raised as something else by the plugin
+            record["status"] = "over_budget"
+            record["failure"] = f"stopped by the harness after {budget.elapsed:.1f}s of training " \
+                                f"(safety cap {spec.budget_seconds}s; the plugin turned the stop into {type(exc).__name__})"
+        else:
+            record["status"], record["failure"] = "failed", f"{type(exc).__name__} in fit: {exc}"
+            record["diagnostics"]["traceback"] = traceback.format_exc(limit=8)
     train_seconds = budget.elapsed  # what the clock was charged: stages and validation excluded
     if record["status"] == "ok" and spec.budget_seconds is not None:
         if train_seconds > hard_limit:
