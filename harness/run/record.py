@@ -93,9 +93,9 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
 
 
 def environment() -> dict[str, Any]:
-    return {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
-            "harness": harness.__version__, "git_sha": git_sha(), "torch": torch.__version__,
-            "numpy": np.__version__, "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    """What a submission bundle says of the machine: the versions a record carries, plus every installed package."""
+    return {**versions(), "platform": platform.platform(), "machine": platform.machine(), "git_sha": git_sha(),
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
             "packages": dict(sorted({(d.metadata["Name"] or "?").lower(): d.version
                                      for d in importlib.metadata.distributions()}.items()))}
 
