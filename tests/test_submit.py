@@ -9,7 +9,7 @@ import pytest
 from harness.board.results import LEADERBOARDS_DIR, load_results
 from harness.board.tables import leaderboard_rows
 from harness.cli.main import main
-from harness.plugins.submit import SubmissionError, publish, read_bundle, reproduce, submit
+from harness.plugins.submit import SubmissionError, publish, read_bundle, reproduce, reproduce_all, submit
 from plugins_gallery import WrongShape
 
 EXAMPLE = LEADERBOARDS_DIR / "submissions" / "itemknn-smoke"
@@ -87,13 +87,37 @@ def test_submit_reproduce_and_publish(tmp_path, capsys):
     assert result.passed and result.max_abs_diff == 0.0
     boards = tmp_path / "boards"
     shutil.copytree(LEADERBOARDS_DIR / "smoke", boards / "smoke")  # already holds the example's verified entry
-    publish(bundle, result, boards)
+    publish(bundle, result, boards)  # one seed reproduced: only that seed's record is marked
+    published = load_results(track="smoke", dataset="synthetic", leaderboards_dir=boards)
+    marked = {r["seed"] for r in published.records if r["config_overrides"] and published.verified(r)}
+    assert marked == {1}
+    rows = {r["method"]: r for r in leaderboard_rows(published, [10], "ndcg@10")}
+    assert rows["itemknn[neighbors=20]"]["verified"] == "" and rows["itemknn"]["verified"] == "yes"
+    publish(bundle, reproduce_all(bundle), boards)  # every seed: the row is verified
     published = load_results(track="smoke", dataset="synthetic", leaderboards_dir=boards)
     rows = {r["method"]: r for r in leaderboard_rows(published, [10], "ndcg@10")}
     assert rows["itemknn[neighbors=20]"]["verified"] == rows["itemknn"]["verified"] == "yes"
     mark = next(r for r in published.records if r["config_overrides"])["verified"]
-    assert mark["seed"] == 1 and mark["tolerance"] == 0.01
+    assert mark["reproduced_seeds"] == [0, 1, 2] and mark["tolerance"] == 0.01 and len(mark["bundle_sha256"]) == 64
     assert mark["bundle"] == "bundle"  # relative to the boards' parent, like leaderboards/submissions/...
+
+
+def test_a_verified_mark_nothing_backs_is_ignored_and_flagged(tmp_path):
+    boards = tmp_path / "boards"
+    shutil.copytree(LEADERBOARDS_DIR / "smoke", boards / "smoke")
+    path = boards / "smoke" / "synthetic.jsonl"
+    forged = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record["method"] == "pop":  # a record anyone wrote with a mark of its own making
+            record["verified"] = {"by": "harness reproduce", "bundle": "leaderboards/submissions/itemknn-smoke",
+                                  "bundle_sha256": "0" * 64, "reproduced_seeds": [0, 1, 2]}
+        forged.append(json.dumps(record))
+    path.write_text("\n".join(forged) + "\n")
+    published = load_results(track="smoke", dataset="synthetic", leaderboards_dir=boards)
+    rows = {r["method"]: r for r in leaderboard_rows(published, [10], "ndcg@10")}
+    assert rows["pop"]["verified"] == "" and "no reproduced bundle backs" in rows["pop"]["note"]
+    assert rows["itemknn"]["verified"] == "yes"
 
 
 def test_a_plugin_that_fails_validation_gets_no_bundle(tmp_path, plugin, capsys):

@@ -45,6 +45,26 @@ class ResultSet:
     broken: list[str] = field(default_factory=list)  # sources that could not be read, with the reason
     # where each run's per-user arrays are: the RunStore it came from, or a published `per_user/<run_id>.npz`
     sources: dict[str, Any] = field(default_factory=dict, repr=False)
+    root: Path = LEADERBOARDS_DIR.parent  # what a verified mark's bundle path is relative to
+
+    def verified(self, record: dict[str, Any]) -> bool | None:
+        """True: the record carries a mark `harness reproduce --publish` wrote, backed by the bundle it names (same
+        content hash, holding this run, this seed reproduced). None: no mark. False: a mark nothing backs: ignored
+        and flagged (anyone can write a `verified` field into a record)."""
+        mark = record.get("verified")
+        if not mark:
+            return None
+        if not isinstance(mark, dict) or not mark.get("bundle") or not mark.get("bundle_sha256"):
+            return False
+        # relative to the boards' parent where it was published, else to the repository (a copied board)
+        where = [Path(mark["bundle"])] if Path(mark["bundle"]).is_absolute() else \
+            [self.root / mark["bundle"], LEADERBOARDS_DIR.parent / mark["bundle"]]
+        bundle = next((b for b in where if (b / "bundle.json").is_file()), None)
+        if bundle is None or bundle_digest(bundle) != mark["bundle_sha256"]:
+            return False
+        runs = {run_id for entry in json.loads((bundle / "bundle.json").read_text())["records"].values()
+                for run_id in entry["run_ids"]}
+        return record["run_id"] in runs and record.get("seed") in (mark.get("reproduced_seeds") or [])
 
     def add(self, record: dict[str, Any], source: Any) -> None:
         self.records.append(record)
@@ -52,7 +72,7 @@ class ResultSet:
 
     def subset(self, keep) -> "ResultSet":
         """The records for which `keep(record)` holds, with their per-user sources."""
-        return ResultSet(records=[r for r in self.records if keep(r)], sources=self.sources)
+        return ResultSet(records=[r for r in self.records if keep(r)], sources=self.sources, root=self.root)
 
     def per_user(self, record: dict[str, Any], stage: str = "test") -> dict[str, np.ndarray] | None:
         """Per-user metric arrays for a run, recomputed from its stored ranks (any cut-off works)."""
@@ -136,12 +156,22 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def bundle_digest(bundle: Path) -> str:
+    """sha256 of what a submission bundle claims: its description, records and per-user ranks."""
+    digest = hashlib.sha256()
+    files = [bundle / "bundle.json", *sorted((bundle / "records").glob("*.jsonl")),
+             *sorted((bundle / "per_user").glob("*.npz"))]
+    for path in files:
+        digest.update(str(path.relative_to(bundle)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def load_results(track: str | None = None, dataset: str | None = None, store: RunStore | None = None,
                  published: bool = True, include_stale: bool = False, purpose: str = "eval",
                  leaderboards_dir: Path | None = None) -> ResultSet:
     """Records with status ok (for evaluation, not tuning trials) for a track/dataset from the store and published
     boards; a run present in both counts once; stale records are set aside."""
-    result = ResultSet()
+    result = ResultSet(root=(leaderboards_dir or LEADERBOARDS_DIR).parent)
     candidates: list[tuple[dict[str, Any], Any]] = []
     if published:
         root = leaderboards_dir or LEADERBOARDS_DIR

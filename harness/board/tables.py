@@ -78,7 +78,8 @@ def leaderboard_rows(results: ResultSet, ks: Sequence[int], primary: str, correc
         row: dict[str, Any] = {"method": label, "seeds": len(records)}
         row["tied_with_best"] = tie_word(ties.get(label))
         # set only by `harness reproduce --publish`, after a re-run on the publisher's machine matched the bundle
-        row["verified"] = "yes" if all(r.get("verified") for r in records) else ""
+        checked = [results.verified(r) for r in records]
+        row["verified"] = "yes" if all(checked) else ""
         for k in ks:
             for name in (f"recall@{k}", f"ndcg@{k}"):
                 row[name] = _ci([t[name] for t in test if name in t])
@@ -99,6 +100,8 @@ def leaderboard_rows(results: ResultSet, ks: Sequence[int], primary: str, correc
         row["cold_targets"] = _median([(r.get("eval") or {}).get("cold_target_share") for r in records])
         row["tuning_trials"] = (records[0].get("tuning") or {}).get("trials", 0)
         notes = [reasons[label]] if label in reasons else []
+        if any(c is False for c in checked):
+            notes.append("a verified mark that no reproduced bundle backs: ignored")
         notes += [f"seed {d['seed']} reruns: " + " vs ".join(f"{primary} {v.get(primary, float('nan')):.4f}"
                                                             for v in d["values"]) for d in disagree.get(label, [])]
         row["note"] = "; ".join(notes)

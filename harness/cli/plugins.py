@@ -40,8 +40,8 @@ def add_commands(sub) -> dict[str, Any]:
                          "plugin's source hash, the records against their per-user ranks, the split and config, "
                          "and every test metric within the bundle's tolerance. Exit code 1 when not reproduced.")
     rep.add_argument("bundle")
-    rep.add_argument("--seed", type=int, default=None, help="seed to re-run (default: the bundle's first)")
-    rep.add_argument("--dataset", default=None, help="dataset to re-run (default: the bundle's first)")
+    rep.add_argument("--seed", type=int, default=None, help="one seed to re-run (default: every seed of the bundle)")
+    rep.add_argument("--dataset", default=None, help="one dataset to re-run (default: every dataset of the bundle)")
     rep.add_argument("--tolerance", type=float, default=None, help="override the bundle's tolerance")
     rep.add_argument("--device", default=None, help="device of the re-run (default: the bundle's)")
     rep.add_argument("--json", action="store_true")
@@ -104,11 +104,18 @@ def cmd_submit(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from harness.paths import LEADERBOARDS_DIR
-    from harness.plugins.submit import publish, reproduce
+    from harness.plugins.submit import publish, reproduce_all
 
-    result = reproduce(args.bundle, args.seed, args.dataset, args.tolerance, args.device)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else result.render())
-    if result.passed and args.publish:
-        path = publish(args.bundle, result, Path(args.leaderboards) if args.leaderboards else LEADERBOARDS_DIR)
-        print(f"published with a verified mark: {path}")
-    return 0 if result.passed else 1
+    results = reproduce_all(args.bundle, None if args.seed is None else [args.seed], args.dataset, args.tolerance,
+                            args.device)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        print("\n\n".join(r.render() for r in results))
+    passed = all(r.passed for r in results)
+    if passed and args.publish:  # each dataset's reproduced seeds, marked
+        for dataset in dict.fromkeys(r.dataset for r in results):
+            path = publish(args.bundle, [r for r in results if r.dataset == dataset],
+                           Path(args.leaderboards) if args.leaderboards else LEADERBOARDS_DIR)
+            print(f"published with a verified mark: {path}")
+    return 0 if passed else 1

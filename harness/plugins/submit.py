@@ -20,14 +20,14 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from tabulate import tabulate
 
 from harness import registry
-from harness.board.results import export_board, load_results
+from harness.board.results import bundle_digest, export_board, load_results
 from harness.board.store import RunStore
 from harness.board.tables import leaderboard_rows, render
 from harness.errors import HarnessError
@@ -227,11 +227,25 @@ def reproduce(bundle: str | Path, seed: int | None = None, dataset: str | None =
     return result
 
 
-def publish(bundle: str | Path, result: Reproduction, leaderboards_dir: Path = LEADERBOARDS_DIR) -> Path:
-    """Add the bundle's records for the reproduced dataset to `<leaderboards>/<track>/<dataset>.jsonl`, marked
-    `verified`, keeping the records already published there."""
-    if not result.passed:
+def reproduce_all(bundle: str | Path, seeds: Sequence[int] | None = None, dataset: str | None = None,
+                  tolerance: float | None = None, device: str | None = None) -> list[Reproduction]:
+    """Every seed of the bundle (or `seeds`) on every dataset (or `dataset`), re-run one by one."""
+    meta, _ = read_bundle(bundle)
+    return [reproduce(bundle, seed, name, tolerance, device) for name in ([dataset] if dataset else meta["datasets"])
+            for seed in (list(seeds) if seeds is not None else meta["seeds"])]
+
+
+def publish(bundle: str | Path, result: Reproduction | Sequence[Reproduction],
+            leaderboards_dir: Path = LEADERBOARDS_DIR) -> Path:
+    """Add the bundle's records of the reproduced dataset to `<leaderboards>/<track>/<dataset>.jsonl`, keeping the
+    records already published there. Only the records of the seeds that were re-run and matched are marked
+    `verified`; the mark carries the bundle's content hash, which the board checks when it reads the mark."""
+    results_ = [result] if isinstance(result, Reproduction) else list(result)
+    if not results_ or not all(r.passed for r in results_):
         raise HarnessError("only a reproduced bundle can be published")
+    if len({r.dataset for r in results_}) != 1:
+        raise HarnessError("publish one dataset's reproductions at a time")
+    result = results_[0]
     bundle = Path(bundle)
     meta, records = read_bundle(bundle)
     track, dataset = meta["track"], result.dataset
@@ -239,15 +253,19 @@ def publish(bundle: str | Path, result: Reproduction, leaderboards_dir: Path = L
         where = str(bundle.resolve().relative_to(Path(leaderboards_dir).resolve().parent))
     except ValueError:
         where = str(bundle.resolve())
+    reproduced = sorted(r.seed for r in results_)
     mark = {"by": "harness reproduce", "at": datetime.now(timezone.utc).isoformat(), "bundle": where,
-            "seed": result.seed, "tolerance": result.tolerance, "max_abs_diff": result.max_abs_diff,
+            "bundle_sha256": bundle_digest(bundle), "seed": reproduced[0], "reproduced_seeds": reproduced,
+            "reproducing_run_ids": [r.record["run_id"] for r in results_], "tolerance": result.tolerance,
+            "max_abs_diff": max(r.max_abs_diff or 0.0 for r in results_),
             "plugin_source_hash": meta["plugin"]["source_hash"], "hardware": result.record["hardware"]}
     results = load_results(track=track, dataset=dataset, published=True, include_stale=True,
                            leaderboards_dir=Path(leaderboards_dir))
     ours = {r["run_id"] for r in records[dataset]}
     results.records = [r for r in results.records if r["run_id"] not in ours]
     for record in records[dataset]:
-        results.add({**record, "verified": mark}, bundle / "per_user" / f"{record['run_id']}.npz")
+        marked = {**record, "verified": mark} if record["seed"] in reproduced else record
+        results.add(marked, bundle / "per_user" / f"{record['run_id']}.npz")
     spec = meta["specs"][dataset]
     table = render(leaderboard_rows(results, spec["ks"], f"ndcg@{10 if 10 in spec['ks'] else spec['ks'][0]}"), "md")
     return export_board(results, track, dataset, Path(leaderboards_dir), table)
