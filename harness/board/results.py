@@ -46,6 +46,13 @@ class ResultSet:
     # where each run's per-user arrays are: the RunStore it came from, or a published `per_user/<run_id>.npz`
     sources: dict[str, Any] = field(default_factory=dict, repr=False)
     root: Path = LEADERBOARDS_DIR.parent  # what a verified mark's bundle path is relative to
+    _digests: dict[Path, str] = field(default_factory=dict, repr=False)  # a bundle is hashed once per read
+
+    def _digest(self, bundle: Path) -> str:
+        key = bundle.resolve()
+        if key not in self._digests:
+            self._digests[key] = bundle_digest(bundle)
+        return self._digests[key]
 
     def verified(self, record: dict[str, Any]) -> bool | None:
         """True: the record carries a mark `harness reproduce --publish` wrote, backed by the bundle it names (same
@@ -60,7 +67,7 @@ class ResultSet:
         where = [Path(mark["bundle"])] if Path(mark["bundle"]).is_absolute() else \
             [self.root / mark["bundle"], LEADERBOARDS_DIR.parent / mark["bundle"]]
         bundle = next((b for b in where if (b / "bundle.json").is_file()), None)
-        if bundle is None or bundle_digest(bundle) != mark["bundle_sha256"]:
+        if bundle is None or self._digest(bundle) != mark["bundle_sha256"]:
             return False
         runs = {run_id for entry in json.loads((bundle / "bundle.json").read_text())["records"].values()
                 for run_id in entry["run_ids"]}

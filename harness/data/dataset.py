@@ -32,6 +32,11 @@ class Dataset:
     users: pd.DataFrame | None = None
 
     @property
+    def timed(self) -> bool:
+        """True when `ts` are real times, comparable across users (False: a position in each user's sequence)."""
+        return self.meta.get("ts") != "position"
+
+    @property
     def has_labels(self) -> bool:
         """True when every interaction is a labelled exposure (a `rating` column is present)."""
         return "rating" in self.interactions

@@ -51,7 +51,7 @@ def _window(frame, users_before, start: float, end: float | None) -> EvalPart:
 
 def temporal_split(dataset: Dataset, protocol: dict[str, Any] | None = None) -> Split:
     protocol = resolve_temporal(protocol)
-    if dataset.meta.get("ts") == "position":
+    if not dataset.timed:
         raise ConfigError(f"dataset {dataset.name!r} has no timestamps (its order is a position in each user's "
                           f"sequence): the temporal protocol needs real times, e.g. ml-100k or ml-latest-small")
     frame = dataset.interactions  # sorted by (user, ts)

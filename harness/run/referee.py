@@ -243,7 +243,7 @@ def _referee(spec: RunSpec, store: RunStore, prepared: Prepared) -> dict[str, An
                      seed=spec.seed, work_dir=store.run_dir(run_id) / "work", dataset=card.name,
                      exposures=split.train_exposures if labelled else None, users=dataset.users,
                      protocol=split.protocol, interactions=TrainInteractions.from_split(split, dataset.n_items),
-                     sid_provider=semantic_ids, pause=budget.paused, timed=dataset.meta.get("ts") != "position")
+                     sid_provider=semantic_ids, pause=budget.paused, timed=dataset.timed)
     hard_limit = None if spec.budget_seconds is None else spec.budget_seconds + max(2.0, 0.05 * spec.budget_seconds)
     method: Method | None = None
     fit_start, cpu_start = time.monotonic(), time.process_time()
