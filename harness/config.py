@@ -53,7 +53,7 @@ def merge_config(defaults: dict[str, Any], overrides: dict[str, Any], method: st
 def _type_problem(default: Any, value: Any) -> str | None:
     """What `value` should be to stand in for `default`, or None when it may: a wrong type is the user's mistake,
     said before the run, not a plugin failure after it."""
-    if default is None or value is None and default is None:
+    if default is None:
         return None
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "true or false"

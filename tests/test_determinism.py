@@ -55,19 +55,26 @@ def test_cold_cache_on_a_quiet_machine_equals_warm_cache_under_load(method, tmp_
     assert cold["used"]["threads"] == warm["used"]["threads"] == SMOKE.threads
 
 
-class Probe(Method):
-    """Draws SIDs (a tokenizer fitted on a miss, read on a hit), then reports the first numbers of its own RNG."""
-    name = "test-rng-probe"
+class Blank(Method):
+    """The probes' base: every item scored 0. What a probe tells is in its fit."""
     paper = "a probe"
 
     def fit(self, train, budget):
-        train.semantic_ids(tokenizer="rqvae", tokenizer_options={"levels": 2, "width": 4, "epochs": 2,
-                                                                  "hidden": [16], "latent": 8})
-        self.draw = torch.rand(4)
         self.n = train.n_items
 
     def score(self, histories, items=None):
         return torch.zeros(len(histories), self.n)
+
+
+class Probe(Blank):
+    """Draws SIDs (a tokenizer fitted on a miss, read on a hit), then reports the first numbers of its own RNG."""
+    name = "test-rng-probe"
+
+    def fit(self, train, budget):
+        super().fit(train, budget)
+        train.semantic_ids(tokenizer="rqvae", tokenizer_options={"levels": 2, "width": 4, "epochs": 2,
+                                                                  "hidden": [16], "latent": 8})
+        self.draw = torch.rand(4)
 
     def diagnostics(self):
         return {"draw": self.draw.tolist()}
@@ -95,20 +102,16 @@ def test_a_tokenizer_fitted_on_a_miss_leaves_the_global_rng_alone(tmp_path, monk
     assert again["cached"] and again["compute_seconds"] == info["compute_seconds"]  # the cost, cached or not
 
 
-class SlowStage(Method):
+class SlowStage(Blank):
     """Spends longer in a stage than its whole training budget, then trains two quick epochs."""
     name = "test-slow-stage"
-    paper = "a probe"
 
     def fit(self, train, budget):
+        super().fit(train, budget)
         with train.stage("features"):
             time.sleep(2.5)
         for _ in range(budget.epochs(2)):
             budget.epoch_done()
-        self.n = train.n_items
-
-    def score(self, histories, items=None):
-        return torch.zeros(len(histories), self.n)
 
 
 def test_stages_are_not_charged_to_the_training_clock(tiny_spec, store, plugin):
@@ -122,28 +125,6 @@ def test_stages_are_not_charged_to_the_training_clock(tiny_spec, store, plugin):
 def test_every_trained_epoch_is_validated_and_the_best_state_kept(tiny_spec, store):
     record = run(tiny_spec("sasrec", overrides={"epochs": 5, "eval_every": 2, "patience": 10}), store)
     assert [point["epoch"] for point in record["curves"]["validation"]] == [2, 4, 5]
-
-
-class Crawler(Method):
-    """Trains until the clock says stop (no epoch cap of its own)."""
-    name = "test-crawler"
-    paper = "a probe"
-
-    def fit(self, train, budget):
-        while not budget.exhausted():
-            time.sleep(0.05)
-            budget.epoch_done()
-        self.n = train.n_items
-
-    def score(self, histories, items=None):
-        return torch.zeros(len(histories), self.n)
-
-
-def test_a_run_the_clock_ends_is_budget_bound_and_still_evaluated(tiny_spec, store, plugin):
-    plugin(Crawler)
-    record = run(tiny_spec("test-crawler", budget_seconds=0.5), store)
-    assert record["status"] == "budget_bound" and "safety cap" in record["failure"]
-    assert "test" in record["metrics"]
 
 
 def test_threads_are_the_tracks_whether_seeds_run_side_by_side_or_alone(tmp_path):
@@ -162,13 +143,9 @@ def test_sasrec_trains_on_every_training_target_of_ml_latest_small():
     assert int((targets > 0).sum()) == expected  # 100 % of the targets (29 % with the last 50 steps only)
 
 
-class IdArithmetic(Method):
+class IdArithmetic(Blank):
     """A rule that uses ids as numbers: the next item is the last one's id plus the number of topics."""
     name = "test-id-arithmetic"
-    paper = "a probe"
-
-    def fit(self, train, budget):
-        self.n = train.n_items
 
     def score(self, histories, items=None):
         scores = torch.zeros(len(histories), self.n)
@@ -189,13 +166,9 @@ def test_item_ids_carry_no_order_signal(tiny_spec, store, plugin):
     assert abs(np.corrcoef(np.arange(len(raw)), raw)[0, 1]) < 0.2
 
 
-class NewestIds(Method):
+class NewestIds(Blank):
     """A rule that uses ids as time: the highest ids (the items that appeared last in the files) first."""
     name = "test-newest-ids"
-    paper = "a probe"
-
-    def fit(self, train, budget):
-        self.n = train.n_items
 
     def score(self, histories, items=None):
         return torch.arange(self.n, dtype=torch.float32).expand(len(histories), -1).clone()
@@ -312,15 +285,14 @@ def test_a_plugin_that_swallows_the_stop_is_stopped_again(tiny_spec, store, plug
     assert record["status"] == "over_budget" and time.monotonic() - start < 15
 
 
-class CutShort(Method):
+class CutShort(Blank):
     """Epochs of 20 steps of 0.1 s each under a 1.5 s cap: the clock cuts the first epoch short."""
     name = "test-cut-short"
-    paper = "a probe"
     default_config = {"epochs": 3, "eval_every": 1, "valid_metric": "ndcg@10", "patience": 5}
 
     def fit(self, train, budget):
         from harness.engines.training import train_with_validation
-        self.n = train.n_items
+        super().fit(train, budget)
         self.net = torch.nn.Linear(1, 1)
         optimizer = torch.optim.SGD(self.net.parameters(), lr=0.0)
 
@@ -328,9 +300,6 @@ class CutShort(Method):
             time.sleep(0.1)
             return (self.net.weight ** 2).sum()
         train_with_validation(self, self.net, train, budget, optimizer, lambda: range(20), loss_of, self.config)
-
-    def score(self, histories, items=None):
-        return torch.zeros(len(histories), self.n)
 
 
 def test_an_epoch_the_clock_cuts_short_is_not_counted_but_its_state_is_validated(tiny_spec, store, plugin):

@@ -91,7 +91,8 @@ def test_budget_is_enforced_from_outside(tiny_spec, store, plugin):
 def test_a_plugin_that_stops_at_the_safety_cap_is_budget_bound_not_over_budget(tiny_spec, store, plugin):
     plugin(Polite)
     record = run(tiny_spec("test-polite", budget_seconds=0.5), store)
-    assert record["status"] == "budget_bound" and "test" in record["metrics"]  # evaluated, shown, never ranked
+    assert record["status"] == "budget_bound" and "safety cap" in record["failure"]
+    assert "test" in record["metrics"]  # evaluated, shown, never ranked
     assert 0.5 <= record["used"]["train_seconds"] < 2.0
 
 

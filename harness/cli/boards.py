@@ -66,7 +66,7 @@ def _primary(args: argparse.Namespace) -> tuple[str, list[int], int]:
     from harness.run.tracks import load_track
     if args.track:
         track = load_track(args.track)
-        return track.primary_metric, list(track.ks), max(3, track.seeds)
+        return track.primary_metric, list(track.ks), track.ranked_seeds
     return "ndcg@10", [5, 10, 20, 50], 3
 
 
@@ -115,7 +115,7 @@ def cmd_export(args: argparse.Namespace, argv=None) -> int:
         if not results.records:
             print(f"{dataset}: no ok records, nothing exported")
             continue
-        ks, primary, min_seeds = (track.ks, track.primary_metric, max(3, track.seeds)) if track \
+        ks, primary, min_seeds = (track.ks, track.primary_metric, track.ranked_seeds) if track \
             else ([5, 10, 20, 50], "ndcg@10", 3)
         table = render(leaderboard_rows(results, ks, primary, args.correction, args.alpha, min_seeds), "md")
         stale = [r for r in results.records if is_stale(r)]

@@ -34,6 +34,11 @@ class Track:
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
+    def ranked_seeds(self) -> int:
+        """The seeds a board row needs to be ranked or tied: the track's, and never fewer than 3 (DESIGN §4.5)."""
+        return max(3, self.seeds)
+
+    @property
     def budget_seconds(self) -> float | None:
         return parse_budget(self.budget)
 
