@@ -91,15 +91,17 @@ def test_recommend_output_of_the_wrong_shape_is_a_failed_run(tiny_spec, store, p
     assert record["status"] == "failed" and "expected [" in record["failure"]
 
 
-def test_tuning_with_every_trial_failing_says_so(tmp_path, capsys, plugin):
-    class Broken(Method):
-        name = "test-broken-tune"
-        paper = "a probe"
-        default_config = {"alpha": 1}
-        search_space = {"alpha": {"type": "int", "low": 1, "high": 3}}
+class Broken(Method):
+    name = "test-broken-tune"
+    paper = "a probe"
+    default_config = {"alpha": 1}
+    search_space = {"alpha": {"type": "int", "low": 1, "high": 3}}
 
-        def fit(self, train, budget):
-            raise RuntimeError("boom")
+    def fit(self, train, budget):
+        raise RuntimeError("boom")
+
+
+def test_tuning_with_every_trial_failing_says_so(tmp_path, capsys, plugin):
     plugin(Broken)
     code = main(["tune", "--method", "test-broken-tune", "--track", "smoke", "--dataset", "synthetic", "--trials", "2",
                  "--runs-dir", str(tmp_path / "runs"), "--no-final"])

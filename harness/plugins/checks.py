@@ -16,7 +16,7 @@ import torch
 
 from harness.api import Method, TopK
 from harness.run.evaluate import plugin_kwargs
-from harness.run.referee import seed_everything
+from harness.run.worker import seed_everything
 
 SEARCH_TYPES = ("categorical", "int", "float")
 

@@ -5,31 +5,40 @@ provider), enforces the budget from outside, evaluates on test exactly once afte
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
-import random
+import shutil
+import sys
+import tempfile
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from harness import registry
 from harness.api import Budget, Method, TrainView
-from harness.board.store import RunStore
+from harness.board.store import RunStore, default_runs_dir
 from harness.config import merge_config
-from harness.data import load_card, load_dataset, make_split
+from harness.data import data_root, load_card, load_dataset, make_split
 from harness.data.interactions import TrainInteractions
 from harness.data.protocols import is_labelled, resolve
 from harness.errors import BudgetExceeded, ConfigError, EvaluationError, NonFiniteLoss, RunPruned
-from harness.run.evaluate import evaluate_method, plugin_kwargs
+from harness.features.cache import cache_dir
+from harness.paths import LEADERBOARDS_DIR, SHARED_DATASETS, TRACKS_DIR
+from harness.run.evaluate import evaluate_method
 from harness.run.evaluate_labelled import evaluate_labelled
+from harness.run.isolation import (RemoteError, RemoteMethod, Worker, WorkerDied, resolve_mode, unaccounted_work,
+                                   worker_environ)
 from harness.run.record import new_record, new_run_id, peak_memory_mb
 from harness.run.spec import RunSpec
+from harness.run.worker import from_wire, measure_latency, seed_everything
 from harness.schema import EVALUATED
 from harness.sid import semantic_ids
 
@@ -93,12 +102,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 class _Watchdog:
     """Raises BudgetExceeded inside the fitting thread once the budget's clock (paused stages excluded) passes the
     hard limit."""
@@ -136,41 +139,6 @@ class _Watchdog:
         return False
 
 
-def measure_latency(method: Method, histories: Sequence[np.ndarray], k: int, n_users: int, batch: int,
-                    device: torch.device, users: np.ndarray | None = None,
-                    exposures: Sequence[Any] | None = None) -> dict[str, Any]:
-    """p50/p95/p99 of `recommend` per user at batch 1 after warm-up, and users/s at batch `batch`."""
-    if not histories:
-        return {}
-    rng = np.random.default_rng(0)
-    picks = rng.choice(len(histories), size=min(n_users, len(histories)), replace=False)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def kw(index):
-        return plugin_kwargs(method, None if users is None else np.asarray(users)[index],
-                             None if exposures is None else [exposures[i] for i in index])
-    times = []
-    with torch.no_grad():
-        for i in picks[:3]:  # warm-up
-            method.recommend([histories[i]], k, **kw([i]))
-        for i in picks:
-            sync()
-            start = time.perf_counter()
-            method.recommend([histories[i]], k, **kw([i]))
-            sync()
-            times.append((time.perf_counter() - start) * 1000)
-        chosen = rng.choice(len(histories), size=min(batch, len(histories)), replace=False)
-        chunk = [histories[i] for i in chosen]
-        sync()
-        start = time.perf_counter()
-        method.recommend(chunk, k, **kw(chosen))
-        sync()
-        elapsed = time.perf_counter() - start
-    p50, p95, p99 = np.percentile(times, [50, 95, 99])
-    return {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3), "p99_ms": round(float(p99), 3),
-            "users_per_s": round(len(chunk) / elapsed, 1), "batch": len(chunk), "k": k, "device": str(device)}
-
-
 def _round(metrics: dict[str, float]) -> dict[str, float]:
     return {k: round(float(v), 6) for k, v in metrics.items()}
 
@@ -190,6 +158,8 @@ def prepare(spec: RunSpec) -> Prepared:
     config = merge_config(method_cls.default_config, {**spec.track_overrides, **spec.overrides}, spec.method,
                           method_cls.recipes)
     resolve_device(spec.device)  # an unknown or absent device is a user error, before anything runs
+    if resolve_mode(spec.isolation) != "none":
+        plugin_path(method_cls)  # a class its worker cannot import: a user error too
     check_spec(spec)
     card = load_card(spec.dataset)
     dataset = load_dataset(card, spec.data_dir, **spec.dataset_options)
@@ -210,7 +180,17 @@ def check_spec(spec: RunSpec) -> None:
         raise ConfigError(f"cut-offs {list(spec.ks)}: each must be at least 1")
 
 
-def run(spec: RunSpec, store: RunStore | None = None, prepared: Prepared | None = None) -> dict[str, Any]:
+class Observer(Protocol):
+    """What the plugin validator watches of a run: the training view it was given and the fitted plugin, which it
+    may check and wrap (to keep its outputs) before the referee evaluates it."""
+
+    def given(self, view: dict[str, Any]) -> None: ...
+
+    def fitted(self, method: Any, time_bound: bool) -> Any: ...
+
+
+def run(spec: RunSpec, store: RunStore | None = None, prepared: Prepared | None = None,
+        observer: Observer | None = None) -> dict[str, Any]:
     """Execute one run and store its record. User errors (unknown names, bad data, bad config) raise HarnessError
     before anything is stored; a failing plugin yields a stored `failed` record. The run uses the spec's threads
     (a track pins them) and gives the caller's back afterwards."""
@@ -219,59 +199,197 @@ def run(spec: RunSpec, store: RunStore | None = None, prepared: Prepared | None 
     if spec.threads:
         torch.set_num_threads(spec.threads)
     try:
-        return _referee(spec, store or RunStore(), prepared)
+        return _referee(spec, store or RunStore(), prepared, observer)
     finally:
         torch.set_num_threads(threads)
 
 
-def _referee(spec: RunSpec, store: RunStore, prepared: Prepared) -> dict[str, Any]:
+@dataclass
+class Fitted:
+    """How fit ended, wherever the plugin ran."""
+    method: Any = None  # the fitted plugin (isolation none) or its RemoteMethod
+    status: str = "ok"
+    failure: str | None = None
+    traceback: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    time_bound: bool = False  # the plugin's clock said exhausted when fit returned
+    threads: list[str] = field(default_factory=list)
+    worker: Worker | None = None
+
+
+def _stopped(budget: Budget, spec: RunSpec) -> str:
+    return f"stopped by the harness after {budget.elapsed:.1f}s of training (safety cap {spec.budget_seconds}s)"
+
+
+def _fit_here(method_cls: type, config: dict[str, Any], view: TrainView, budget: Budget, spec: RunSpec,
+              hard_limit: float | None) -> Fitted:
+    """Isolation `none`: the plugin in the referee's own process, stopped by an exception from a watchdog thread."""
+    out = Fitted()
+    watchdog = _Watchdog(budget, hard_limit)
+    try:
+        out.method = method_cls(config)
+        budget.start()
+        with watchdog:
+            out.method.fit(view, budget)
+        if watchdog.fired:
+            raise BudgetExceeded()
+    except BudgetExceeded:
+        out.status, out.failure = "over_budget", _stopped(budget, spec)
+    except RunPruned as exc:
+        out.status, out.failure = "pruned", str(exc)
+    except NonFiniteLoss as exc:
+        out.status, out.failure = "failed", f"NonFiniteLoss: {exc}"
+    except Exception as exc:  # the plugin's fault: recorded, never raised past the referee
+        if watchdog.fired:  # the harness's stop, caught and re-raised as something else by the plugin
+            out.status = "over_budget"
+            out.failure = _stopped(budget, spec)[:-1] + f"; the plugin turned the stop into {type(exc).__name__})"
+        else:
+            out.status, out.failure = "failed", f"{type(exc).__name__} in fit: {exc}"
+            out.traceback = traceback.format_exc(limit=8)
+    out.provenance, out.time_bound = view.provenance, budget.exhausted()
+    return out
+
+
+def _fit_in_worker(mode: str, plugin: str, config: dict[str, Any], view: dict[str, Any], validator: Validator,
+                   budget: Budget, spec: RunSpec, hard_limit: float | None, device: torch.device,
+                   valid: dict[str, Any], sandbox: dict[str, list[Path]]) -> Fitted:
+    """Isolation `process` / `sandbox`: the plugin in a worker that gets the view and nothing else. The clock is
+    the referee's own (less validation and the stages the worker announces); at the hard limit the worker is
+    killed."""
+    out = Fitted()
+    setup = {"plugin": plugin, "config": config, "view": view, "seed": spec.seed, "threads": spec.threads,
+             "device": str(device), "budget_seconds": spec.budget_seconds, "max_epochs": spec.max_epochs,
+             "environ": worker_environ(), "valid": valid, "sys_path": list(sys.path)}
+    pauses = contextlib.ExitStack()
+
+    def watch() -> None:
+        if hard_limit is not None and budget.elapsed >= hard_limit:
+            out.worker.kill()
+            raise BudgetExceeded()
+    try:
+        out.worker = Worker(mode, **sandbox)
+        out.worker.send(("fit", setup))
+        remote = RemoteMethod(out.worker, {}, spec.method)
+        while True:
+            message = out.worker.recv(watch)
+            if message[0] == "started":
+                budget.start()
+            elif message[0] == "pause":
+                pauses.enter_context(budget.paused())
+            elif message[0] == "resume":
+                pauses.close()
+            elif message[0] == "validate":
+                budget.epochs_done = message[1]
+                remote.update(from_wire(message[2]))
+                out.worker.send(("validated", validator(remote)))
+            elif message[0] == "fitted":
+                info = from_wire(message[1])
+                budget.epochs_done = info["epochs"]
+                remote.update(info["state"])
+                out.method, out.provenance = remote, info["provenance"]
+                out.time_bound, out.threads = info["exhausted"], info["threads"]
+                return out
+            else:  # ("fit_error", type, message, traceback, non-finite, epochs)
+                _, name, text, tb, non_finite, epochs = message
+                budget.epochs_done = epochs
+                out.status = "failed"
+                out.failure = f"NonFiniteLoss: {text}" if non_finite else f"{name} in fit: {text}"
+                out.traceback = None if non_finite else tb
+                return out
+    except BudgetExceeded:
+        out.status, out.failure = "over_budget", _stopped(budget, spec) + ": its worker process was killed"
+    except RunPruned as exc:
+        out.status, out.failure = "pruned", str(exc)
+    except WorkerDied as exc:
+        out.status, out.failure = "failed", f"{exc} during fit"
+    except Exception as exc:  # raised by the harness's validation of the plugin's answers: the plugin's fault
+        out.status, out.failure = "failed", f"{type(exc).__name__} in fit: {exc}"
+        out.traceback = getattr(exc, "traceback", None) or traceback.format_exc(limit=8)
+    finally:
+        pauses.close()
+    return out
+
+
+def _hidden_from_plugins(spec: RunSpec, store: RunStore) -> list[Path]:
+    """What a sandboxed plugin must not read: data roots, run stores, the published boards, the harness's caches of
+    downloaded data (the feature cache inside them stays writable)."""
+    return [data_root(spec.data_dir), SHARED_DATASETS, LEADERBOARDS_DIR, store.runs_dir, default_runs_dir(),
+            Path("~/.cache/gr-harness").expanduser()]
+
+
+def _referee(spec: RunSpec, store: RunStore, prepared: Prepared, observer: Observer | None) -> dict[str, Any]:
     method_cls, config, card, dataset, split = (prepared.method_cls, prepared.config, prepared.card,
                                                 prepared.dataset, prepared.split)
     device = resolve_device(spec.device)
+    mode = resolve_mode(spec.isolation)
     started = datetime.now(timezone.utc)
     run_id = new_run_id(spec, card.name, started)
     record = new_record(spec, run_id, started, method_cls.paper, config, card.name, dataset.fingerprint(), split,
                         dataset.n_items, device)
+    record["isolation"] = mode
     per_user: dict[str, dict[str, np.ndarray]] = {}
     seed_everything(spec.seed)
     labelled = is_labelled(split.protocol)
     budget = Budget(spec.budget_seconds, spec.max_epochs)
     validator = Validator(stage_evaluator(split, "valid", dataset.n_items, spec.ks, desc="validate"), budget,
                           spec.on_validate)
-    view = TrainView(sequences=split.train_sequences, n_items=dataset.n_items,
-                     items=dataset.items, text_fields=dataset.text_fields, validate=validator, device=device,
-                     seed=spec.seed, work_dir=store.run_dir(run_id) / "work", dataset=card.name,
-                     exposures=split.train_exposures if labelled else None, users=dataset.users,
-                     protocol=split.protocol, interactions=TrainInteractions.from_split(split, dataset.n_items),
-                     sid_provider=semantic_ids, pause=budget.paused, timed=dataset.timed)
+    work_dir = Path(tempfile.mkdtemp(prefix="harness-work-"))  # the plugin's own folder, removed after the run
+    view = dict(sequences=split.train_sequences, n_items=dataset.n_items, items=dataset.items,
+                text_fields=dataset.text_fields, seed=spec.seed, work_dir=work_dir, dataset=card.name,
+                exposures=split.train_exposures if labelled else None, users=dataset.users, protocol=split.protocol,
+                interactions=TrainInteractions.from_split(split, dataset.n_items), timed=dataset.timed)
+    if observer is not None:
+        observer.given(view)
+    valid = {"histories": split.valid.histories, "users": split.valid.users,
+             "exposures": split.valid.exposures if labelled else None}
     hard_limit = None if spec.budget_seconds is None else spec.budget_seconds + max(2.0, 0.05 * spec.budget_seconds)
-    method: Method | None = None
     fit_start, cpu_start = time.monotonic(), time.process_time()
-    watchdog = _Watchdog(budget, hard_limit)
+    fitted = Fitted()
     try:
-        method = method_cls(config)
-        budget.start()
-        with watchdog:
-            method.fit(view, budget)
-        if watchdog.fired:
-            raise BudgetExceeded()
-    except BudgetExceeded:
-        record["status"] = "over_budget"
-        record["failure"] = f"stopped by the harness after {budget.elapsed:.1f}s of training " \
-                            f"(safety cap {spec.budget_seconds}s)"
-    except RunPruned as exc:
-        record["status"], record["failure"] = "pruned", f"pruned after validation round {len(validator.curve)}: {exc}"
-    except NonFiniteLoss as exc:
-        record["status"], record["failure"] = "failed", f"NonFiniteLoss: {exc}"
-    except Exception as exc:  # the plugin's fault: recorded, never raised past the referee
-        if watchdog.fired:  # the harness's stop, caught and re-raised as something else by the plugin
-            record["status"] = "over_budget"
-            record["failure"] = f"stopped by the harness after {budget.elapsed:.1f}s of training " \
-                                f"(safety cap {spec.budget_seconds}s; the plugin turned the stop into {type(exc).__name__})"
+        if mode == "none":
+            fitted = _fit_here(method_cls, config, TrainView(**view, validate=validator, device=device,
+                                                             sid_provider=semantic_ids, pause=budget.paused),
+                               budget, spec, hard_limit)
         else:
-            record["status"], record["failure"] = "failed", f"{type(exc).__name__} in fit: {exc}"
-            record["diagnostics"]["traceback"] = traceback.format_exc(limit=8)
+            fitted = _fit_in_worker(mode, plugin_path(method_cls), config, view, validator, budget, spec,
+                                    hard_limit, device, valid,
+                                    {"hidden": _hidden_from_plugins(spec, store), "readable": [TRACKS_DIR],
+                                     "writable": [work_dir, cache_dir()]})
+        _evaluate(spec, record, per_user, fitted, budget, split, dataset, device, labelled, hard_limit, fit_start,
+                  cpu_start, validator, observer)
+    finally:
+        if fitted.worker is not None:
+            fitted.worker.close()
+        shutil.rmtree(work_dir, ignore_errors=True)
+    record["peak_memory"] = peak_memory_mb(device)
+    record["finished_at"] = datetime.now(timezone.utc).isoformat()
+    store.save(record, per_user)
+    return record
+
+
+def plugin_path(cls: type) -> str:
+    """`module:QualName`, by which the worker imports the plugin; a class it cannot import is a user error."""
+    if "<locals>" in cls.__qualname__:
+        raise ConfigError(f"plugin class {cls.__qualname__} is defined inside a function: its worker process cannot "
+                          f"import it; define it at module level (or run with --isolation none to debug)")
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _evaluate(spec: RunSpec, record: dict[str, Any], per_user: dict[str, Any], fitted: Fitted, budget: Budget,
+              split: Any, dataset: Any, device: torch.device, labelled: bool, hard_limit: float | None,
+              fit_start: float, cpu_start: float, validator: Validator, observer: Observer | None) -> None:
+    """The status from how fit ended and what it cost, then (for a run that counts) valid and test metrics,
+    latency and the work accounting."""
+    record["status"], record["failure"] = fitted.status, fitted.failure
+    if fitted.status == "pruned":
+        record["failure"] = f"pruned after validation round {len(validator.curve)}: {fitted.failure}"
+    if fitted.traceback:
+        record["diagnostics"]["traceback"] = fitted.traceback
     train_seconds = budget.elapsed  # what the clock was charged: stages and validation excluded
+    if record["status"] == "ok" and fitted.threads:
+        record["status"] = "over_budget"
+        record["failure"] = (f"{len(fitted.threads)} thread(s) of the plugin still running after fit "
+                             f"({', '.join(fitted.threads)}): training belongs inside fit")
     if record["status"] == "ok" and spec.budget_seconds is not None:
         if train_seconds > hard_limit:
             record["status"], record["failure"] = "over_budget", f"fit took {train_seconds:.1f}s " \
@@ -280,15 +398,17 @@ def _referee(spec: RunSpec, store: RunStore, prepared: Prepared) -> dict[str, An
             record["status"] = "budget_bound"
             record["failure"] = (f"the {spec.budget_seconds:g}s safety cap ended training after "
                                  f"{budget.epochs_done} epochs: not converged, not ranked")
-    stages = view.provenance.get("stages", [])
+    stages = fitted.provenance.get("stages", [])
     record["used"] = {"train_seconds": round(train_seconds, 3), "epochs": budget.epochs_done, "device": str(device),
                       "wall_seconds": round(time.monotonic() - fit_start, 3),
                       "cpu_seconds": round(time.process_time() - cpu_start, 3),
                       "stage_seconds": round(sum(s["seconds"] for s in stages), 3),
-                      "validations": len(validator.curve), "threads": torch.get_num_threads()}
+                      "validations": len(validator.curve), "threads": spec.threads or torch.get_num_threads()}
     record["curves"]["validation"] = validator.curve
-    record["features"] = view.provenance
-
+    record["features"] = fitted.provenance
+    method = fitted.method
+    if record["status"] in EVALUATED and observer is not None:
+        method = observer.fitted(method, fitted.time_bound)
     if record["status"] in EVALUATED:
         try:
             with torch.no_grad():
@@ -296,24 +416,42 @@ def _referee(spec: RunSpec, store: RunStore, prepared: Prepared) -> dict[str, An
                 record["metrics"] = {"valid": _round(valid.metrics)}
                 record["eval"]["mode"] = valid.mode
                 record["diagnostics"].update({f"valid_{k}": v for k, v in valid.diagnostics.items()})
-                per_user = {"valid": valid.per_user, "users": {"index": split.valid.users}}
+                per_user.update({"valid": valid.per_user, "users": {"index": split.valid.users}})
                 if spec.evaluate_test:  # once, after fit; never for tuning trials
                     test = stage_evaluator(split, "test", dataset.n_items, spec.ks)(method)
                     record["metrics"]["test"] = _round(test.metrics)
                     record["diagnostics"].update(test.diagnostics)
                     per_user["test"] = test.per_user
             record["diagnostics"].update(method.diagnostics())
-            record["latency"] = measure_latency(method, split.valid.histories, max(spec.ks), spec.latency_users,
-                                                spec.throughput_batch, device, split.valid.users,
-                                                split.valid.exposures if labelled else None)
+            args = (max(spec.ks), spec.latency_users, spec.throughput_batch)
+            if isinstance(method, RemoteMethod):
+                record["latency"] = method.latency(*args)
+                _account(record, method.work(), train_seconds, spec, hard_limit)
+            else:
+                record["latency"] = measure_latency(method, split.valid.histories, *args, device,
+                                                    split.valid.users, split.valid.exposures if labelled else None)
         except (EvaluationError, NotImplementedError) as exc:
             record["status"], record["failure"] = "failed", f"{type(exc).__name__} in evaluation: {exc}"
+        except WorkerDied as exc:
+            record["status"], record["failure"] = "failed", f"{exc} during evaluation"
         except Exception as exc:
             record["status"], record["failure"] = "failed", f"{type(exc).__name__} in recommend/score: {exc}"
-            record["diagnostics"]["traceback"] = traceback.format_exc(limit=8)
+            record["diagnostics"]["traceback"] = getattr(exc, "traceback", None) or traceback.format_exc(limit=8)
     if method is not None:
-        record["params"] = method.parameters_count()
-    record["peak_memory"] = peak_memory_mb(device)
-    record["finished_at"] = datetime.now(timezone.utc).isoformat()
-    store.save(record, per_user)
-    return record
+        with contextlib.suppress(WorkerDied, RemoteError):
+            record["params"] = method.parameters_count()
+
+
+def _account(record: dict[str, Any], work: dict[str, Any], train_seconds: float, spec: RunSpec,
+             hard_limit: float | None) -> None:
+    """Work outside fit's clock (a first call far slower than the rest, training inside validation calls) is
+    charged to it; past the hard limit the run is over budget."""
+    accounting = unaccounted_work(work.get("calls", []))
+    record["used"]["work"] = accounting
+    excess = accounting.get("unaccounted_s", 0.0)
+    if hard_limit is not None and record["status"] in EVALUATED and train_seconds + excess > hard_limit:
+        record["status"] = "over_budget"
+        record["failure"] = (f"{accounting['slow_calls']} recommend/score call(s) took {excess:.1f}s more than "
+                             f"{accounting['fastest_ms_per_user']:.3f} ms/user (the plugin's own rate after fit) "
+                             f"would give: with {train_seconds:.1f}s of fit that is past the "
+                             f"{spec.budget_seconds:g}s safety cap (work deferred out of fit)")

@@ -7,6 +7,7 @@ from typing import Any, Callable, Sequence
 
 from harness import registry
 from harness.metrics import DEFAULT_KS
+from harness.run.isolation import default_mode
 from harness.run.tracks import Track
 
 
@@ -25,6 +26,8 @@ class RunSpec:
     track: str | None = None
     device: str = "auto"
     threads: int | None = None  # torch threads of the run (a track pins them); None: torch's default
+    # where the plugin runs (harness.run.isolation): auto | sandbox | process | none ($HARNESS_ISOLATION, else auto)
+    isolation: str = field(default_factory=default_mode)
     data_dir: str | None = None
     latency_users: int = 100
     throughput_batch: int = 256
