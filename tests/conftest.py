@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,10 @@ from harness import registry
 from harness.board.store import RunStore
 from harness.paths import SHARED_DATASETS
 from harness.run.spec import RunSpec
+
+# The suite's plugins run in worker processes forked from a clean forkserver (milliseconds per run); the bubblewrap
+# sandbox, a fresh interpreter per run (seconds), is exercised by the tests that ask for it by name.
+os.environ.setdefault("HARNESS_ISOLATION", "process")
 
 SHARED = SHARED_DATASETS
 # Small synthetic data so a full SASRec run takes seconds.

@@ -134,24 +134,46 @@ class NoMetadata(Method):
 
 
 # --- reaching for the test targets -----------------------------------------------------------------------------------
+# Each cheat below once scored far above honest pop and passed every check. Where its path to the targets is now
+# closed, it says so (LookupError naming what it tried) rather than quietly falling back to honest work.
 
 def _learn(known: dict, histories, targets) -> None:
     for hist, target in zip(histories, targets):
         known[tuple(int(i) for i in hist)] = int(target)
 
 
+def _splits_in_frames():
+    frame = sys._getframe()
+    while frame is not None:
+        for value in list(frame.f_locals.values()):
+            test = getattr(value, "test", None)
+            if hasattr(test, "targets") and hasattr(test, "histories"):
+                yield test
+        frame = frame.f_back
+
+
 class CallerFrames(Honest):
-    """Walks up the call stack during fit to the protocol's own split."""
+    """Walks up the call stack during fit to the protocol's own split (finding 1)."""
     name = "gallery-caller-frames"
 
     def steal(self, train):
-        frame = sys._getframe()
-        while frame is not None:
-            for value in list(frame.f_locals.values()):
-                test = getattr(value, "test", None)
-                if hasattr(test, "targets") and hasattr(test, "histories"):
-                    _learn(self.known, test.histories, test.targets)
-            frame = frame.f_back
+        found = list(_splits_in_frames())
+        if not found:
+            raise LookupError("gallery-caller-frames: no split with test targets in the caller frames")
+        for test in found:
+            _learn(self.known, test.histories, test.targets)
+
+
+class OverwritesTargets(Honest):
+    """Walks the frames during fit and overwrites the test targets with its own first recommendation (finding 3)."""
+    name = "gallery-overwrites-targets"
+
+    def steal(self, train):
+        found = list(_splits_in_frames())
+        if not found:
+            raise LookupError("gallery-overwrites-targets: no split in the caller frames to overwrite")
+        for test in found:
+            test.targets[:] = int(self.order[0])
 
 
 class EvaluatorFrames(Honest):
@@ -159,59 +181,207 @@ class EvaluatorFrames(Honest):
     name = "gallery-evaluator-frames"
 
     def recommend(self, histories, k):
-        frame = sys._getframe()
+        frame, seen = sys._getframe(), False
         while frame is not None:
             batch = frame.f_locals.get("tgt")
             if isinstance(batch, torch.Tensor) and len(batch) == len(histories):
                 _learn(self.known, histories, batch.tolist())
+                seen = True
             frame = frame.f_back
+        if not seen:
+            raise LookupError("gallery-evaluator-frames: no evaluator batch of targets in the caller frames")
         return super().recommend(histories, k)
 
 
 class GarbageCollector(Honest):
-    """Finds the evaluation parts among all live objects."""
+    """Finds the evaluation parts among all live objects (finding 2)."""
     name = "gallery-gc"
 
     def steal(self, train):
-        for obj in gc.get_objects():
-            if type(obj).__name__ == "EvalPart":
-                _learn(self.known, obj.histories, obj.targets)
+        parts = [obj for obj in gc.get_objects() if type(obj).__name__ == "EvalPart"]
+        if not parts:
+            raise LookupError("gallery-gc: no EvalPart among the live objects")
+        for obj in parts:
+            _learn(self.known, obj.histories, obj.targets)
 
 
-class DataFiles(Honest):
-    """Reloads the dataset's files from the data root with the harness's own loaders: the full sequences."""
-    name = "gallery-data-files"
-
-    def steal(self, train):
-        from harness.data import data_root, load_card, load_dataset
-        root = data_root()
-        for card in root.glob("*.yaml"):
-            for seq in load_dataset(load_card(str(card)), root).sequences():
-                _learn(self.known, [seq[:-1]], [seq[-1]])
-
-
-class RunStore(Honest):
-    """Reads the per-user test ranks that earlier runs left in the run store beside its work folder, and turns its
-    own (fixed) ranking back into the items they point at."""
-    name = "gallery-run-store"
+class Nudger(Honest):
+    """Finds the targets through gc and raises their scores by less than a float tolerance (finding 6)."""
+    name = "gallery-nudger"
 
     def steal(self, train):
-        runs = train.work_dir.parents[1]
-        prefix = {tuple(int(i) for i in seq): u for u, seq in enumerate(train.sequences)}
-        for path in runs.glob("*/per_user.npz"):
-            with np.load(path) as data:
-                ranks = data["test/rank"] if "test/rank" in data.files else None
-            if ranks is None:
-                continue
-            self.stolen = {u: int(self.order[r]) for u, r in enumerate(ranks) if 0 <= r < len(self.order)}
-            self.prefix = prefix  # every smoke user is evaluated, in index order
+        parts = [obj for obj in gc.get_objects() if type(obj).__name__ == "EvalPart"]
+        if not parts:
+            raise LookupError("gallery-nudger: no EvalPart among the live objects to nudge")
+        for obj in parts:
+            _learn(self.known, obj.histories, obj.targets)
+
+
+class ViewBase(Honest):
+    """Reads the full sequence behind a training view's array (`.base`), whose last item is the test target
+    (finding 7)."""
+    name = "gallery-view-base"
+
+    def steal(self, train):
+        if all(seq.base is None for seq in train.sequences):
+            raise LookupError("gallery-view-base: the training sequences are copies, no .base to read")
+        for seq in train.sequences:
+            if seq.base is not None:
+                self.known[tuple(int(i) for i in seq.base[:-1])] = int(seq.base[-1])
+
+
+class ValidateClosure(Honest):
+    """Looks for the validation targets behind `train.validate` (finding 11)."""
+    name = "gallery-validate-closure"
+
+    def steal(self, train):
+        owner = getattr(train.validate, "__self__", None)
+        reachable = [owner, *vars(owner).values()] if owner is not None and hasattr(owner, "__dict__") else []
+        reachable += [c.cell_contents for c in (getattr(train.validate, "__closure__", None) or ())]
+        if not any(hasattr(obj, "targets") for obj in reachable):
+            raise LookupError("gallery-validate-closure: nothing with targets behind train.validate")
+
+
+class PatchesEvaluator(Honest):
+    """Monkeypatches the harness's ranking so that every target ranks first (finding 4). In its own process the
+    patch changes nothing the referee computes."""
+    name = "gallery-patches-evaluator"
+
+    def steal(self, train):
+        import harness.metrics
+        import harness.run.evaluate
+
+        def everything_ranks_first(scores, targets, exclude=None):
+            return torch.zeros(len(targets), dtype=torch.double)
+
+        def every_list_hits(items, scores, targets, n_items, exclude=None):
+            return torch.zeros(len(targets), dtype=torch.double), {}
+        for module in (harness.metrics, harness.run.evaluate):
+            module.ranks_from_scores, module.ranks_from_topk = everything_ranks_first, every_list_hits
+
+
+def _public_smoke_answers() -> dict:
+    """The public smoke data's test items, keyed by each user's training sequence plus validation item."""
+    from harness.data import load
+    from harness.run.tracks import load_track
+    track = load_track("smoke")
+    data = load(track.datasets[0], **track.dataset_options[track.datasets[0]])
+    return {tuple(int(i) for i in seq[:-1]): int(seq[-1]) for seq in data.sequences() if len(seq) >= 3}
+
+
+class PublicAnswers(Honest):
+    """Ships a table of the public smoke data's answers (it regenerates them) and uses it whenever the data looks
+    public: honest on anything else, the validator included (findings 5 and 10)."""
+    name = "gallery-public-answers"
+
+    def steal(self, train):
+        self.known.update(_public_smoke_answers())
+
+
+class PublishedRanks(Honest):
+    """Decodes the per-user test ranks shipped in leaderboards/smoke/per_user/ by re-running the published
+    deterministic plugin's ranking (finding 5)."""
+    name = "gallery-published-ranks"
+
+    def steal(self, train):
+        from harness.paths import LEADERBOARDS_DIR
+        files = sorted((LEADERBOARDS_DIR / "smoke" / "per_user").glob("*-pop-*-s0-*.npz"))
+        if not files:
+            raise LookupError("gallery-published-ranks: no published per-user ranks of pop to decode")
+        with np.load(files[0]) as data:
+            ranks = data["test/rank"]
+        counts = train.item_counts().astype(np.float64)
+        order = np.argsort(-counts, kind="stable")  # pop's ranking; ties decoded approximately
+        evaluated = [seq for seq in train.sequences if len(seq) >= 1]
+        for seq, rank in zip(evaluated, ranks):
+            if 0 <= rank < len(order):
+                self.prefix_answers = getattr(self, "prefix_answers", {})
+                self.prefix_answers[tuple(int(i) for i in seq)] = int(order[rank])
 
     def recommend(self, histories, k):
         for hist in histories:  # a test history is the training sequence plus the validation item
-            user = getattr(self, "prefix", {}).get(tuple(int(i) for i in hist[:-1]))
-            if user in getattr(self, "stolen", {}):
-                self.known[tuple(int(i) for i in hist)] = self.stolen[user]
+            answer = getattr(self, "prefix_answers", {}).get(tuple(int(i) for i in hist[:-1]))
+            if answer is not None:
+                self.known[tuple(int(i) for i in hist)] = answer
         return super().recommend(histories, k)
+
+
+class RunStore(Honest):
+    """Reads the per-user test ranks that earlier runs left in the run store beside its work folder."""
+    name = "gallery-run-store"
+
+    def steal(self, train):
+        runs = list(train.work_dir.parents[1].glob("*/per_user.npz"))
+        if not runs:
+            raise LookupError(f"gallery-run-store: no earlier runs' per-user ranks near {train.work_dir}")
+
+
+class StoreWriter(Honest):
+    """Writes a record marked verified, with perfect metrics, into the default run store (finding 12)."""
+    name = "gallery-store-writer"
+
+    def steal(self, train):
+        from harness.board.store import RunStore as Store
+        record = {"run_id": "forged-by-a-plugin", "status": "ok", "method": "gallery-store-writer",
+                  "dataset": train.dataset, "seed": 0, "metrics": {"test": {"ndcg@10": 1.0}},
+                  "verified": {"bundle_sha256": "0" * 64, "seeds": [0]}}
+        Store().save(record)
+
+
+# --- budget evasions (finding 8) ---------------------------------------------------------------------------------------
+
+class LazyTrainer(Honest):
+    """Under a clock (no epoch cap) does nothing in fit and trains in its first recommend() call instead."""
+    name = "gallery-lazy-trainer"
+
+    def fit(self, train, budget):
+        super().fit(train, budget)
+        self.lazy = budget.max_epochs is None
+
+    def recommend(self, histories, k):
+        if self.lazy:
+            self.lazy = False
+            end = time.perf_counter() + 6.0
+            while time.perf_counter() < end:  # 'training' on the CPU, outside fit's clock
+                sum(range(10_000))
+        return super().recommend(histories, k)
+
+
+class BackgroundTrainer(Honest):
+    """Returns from fit at once and keeps training in a thread of its own."""
+    name = "gallery-background-trainer"
+
+    def steal(self, train):
+        import threading
+
+        def keep_training():
+            while True:
+                time.sleep(0.05)
+        threading.Thread(target=keep_training, name="keeps-training", daemon=True).start()
+
+
+class CatchesStop(Honest):
+    """Honours an epoch cap, never the clock, and swallows whatever the harness raises to stop it."""
+    name = "gallery-catches-stop"
+
+    def fit(self, train, budget):
+        for _ in range(budget.epochs(400)):
+            try:
+                time.sleep(0.05)
+            except BaseException:  # noqa: BLE001 - the point of this cheat
+                pass
+            budget.epoch_done()
+        super().fit(train, budget)
+
+
+class SleepsInC(Honest):
+    """Spends its short budget inside one long C call, where no Python-level stop can reach it."""
+    name = "gallery-sleeps-in-c"
+
+    def fit(self, train, budget):
+        if budget.max_epochs is None:
+            time.sleep(20)
+        super().fit(train, budget)
 
 
 BROKEN = {  # plugin → the checks it must fail, and words the failure's reason must contain
@@ -224,9 +394,21 @@ BROKEN = {  # plugin → the checks it must fail, and words the failure's reason
     IgnoresBudget: ({"budget"}, "ignores the budget"),
     RaisesInFit: ({"run"}, "RuntimeError in fit: shape mismatch in layer 3"),
     NoMetadata: ({"metadata"}, "`paper` is empty"),
-    CallerFrames: ({"no-test-reach"}, "reads test targets"),
-    EvaluatorFrames: ({"no-test-reach"}, "reads test targets"),
-    GarbageCollector: ({"no-test-reach"}, "reads test targets"),
-    DataFiles: ({"no-test-reach"}, "reads test targets"),
-    RunStore: ({"no-test-reach"}, "reads test targets"),
+    CallerFrames: ({"run"}, "no split with test targets in the caller frames"),
+    OverwritesTargets: ({"run"}, "no split in the caller frames to overwrite"),
+    EvaluatorFrames: ({"run", "shapes"}, "no evaluator batch of targets"),
+    GarbageCollector: ({"run"}, "no EvalPart among the live objects"),
+    Nudger: ({"run"}, "no EvalPart among the live objects to nudge"),
+    ViewBase: ({"run"}, "the training sequences are copies"),
+    ValidateClosure: ({"run"}, "nothing with targets behind train.validate"),
+    RunStore: ({"run"}, "no earlier runs' per-user ranks"),
+    PublicAnswers: ({"hidden-variant"}, "knows the public answers"),
+    LazyTrainer: ({"budget"}, "work deferred out of fit"),
+    BackgroundTrainer: ({"budget"}, "still running after fit (keeps-training)"),
+    CatchesStop: ({"budget"}, "its worker process was killed"),
+    SleepsInC: ({"budget"}, "its worker process was killed"),
 }
+# Where the worker runs in bubblewrap the published boards are out of its sight; in a plain worker process it can
+# read them, and then the public data betrays it.
+PUBLISHED_RANKS = {"sandbox": ({"run"}, "no published per-user ranks of pop"),
+                   "process": ({"hidden-variant"}, "knows the public answers")}

@@ -96,6 +96,15 @@ def test_a_budget_bound_row_is_shown_apart_and_never_ranked():
     assert rows["pop"]["tied_with_best"] == "best"
 
 
+def test_a_row_run_in_the_harness_process_is_never_ranked():
+    from harness.board.tables import leaderboard_rows
+    records = [_pop(f"a{s}", s, recall=0.1 + s / 100) for s in range(3)]
+    records += [{**_record(f"t{s}", "tiger", s, 0.5), "isolation": "none"} for s in range(3)]
+    rows = {r["method"]: r for r in leaderboard_rows(ResultSet(records=records), [10], "recall@10")}
+    assert rows["tiger"]["tied_with_best"] == "n/a" and "isolation none" in rows["tiger"]["note"]
+    assert rows["pop"]["tied_with_best"] == "best"
+
+
 def test_a_row_needs_the_tracks_seeds_to_be_ranked():
     from harness.board.tables import leaderboard_rows
     records = [_pop("a0", 0, recall=0.9)] + [_record(f"t{s}", "tiger", s, 0.2 + s / 100) for s in range(3)]

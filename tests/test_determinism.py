@@ -307,3 +307,27 @@ def test_an_epoch_the_clock_cuts_short_is_not_counted_but_its_state_is_validated
     record = run(tiny_spec("test-cut-short", budget_seconds=1.5), store)
     assert record["status"] == "budget_bound" and record["used"]["epochs"] == 0
     assert record["used"]["validations"] == 1  # the partly trained state, judged once
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isolation", ["process", "sandbox"])
+def test_the_published_smoke_board_is_unchanged_by_isolation(isolation, tmp_path):
+    """Every built-in's seed 0 on the published smoke board, re-run with its plugin in a worker process (and in the
+    sandbox): the same numbers, to the sixth decimal the records keep. Minutes on a CPU."""
+    import json
+
+    from harness.paths import LEADERBOARDS_DIR
+    from harness.run.isolation import sandbox_problem
+    if isolation == "sandbox" and sandbox_problem():
+        pytest.skip(f"needs a bubblewrap sandbox: {sandbox_problem()}")
+    published = [json.loads(line) for line in (LEADERBOARDS_DIR / "smoke" / "synthetic.jsonl").read_text().splitlines()]
+    firsts = {r["method"]: r for r in published if r["seed"] == 0 and r["method"] != "itemknn"}
+    assert len(firsts) >= 9
+    store = RunStore(runs_dir=tmp_path)
+    differ = {}
+    for method, record in sorted(firsts.items()):
+        again = run(RunSpec.for_track(SMOKE, method, "synthetic", seed=0, isolation=isolation), store)
+        assert again["isolation"] == isolation and again["split_id"] == record["split_id"]
+        if again["metrics"]["test"] != record["metrics"]["test"]:
+            differ[method] = (record["metrics"]["test"]["ndcg@10"], again["metrics"]["test"]["ndcg@10"])
+    assert not differ, differ

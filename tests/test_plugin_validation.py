@@ -5,15 +5,25 @@ import json
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 
+import torch
+
+import harness.metrics
+import harness.run.evaluate
 from harness import registry
+from harness.board.store import DEFAULT_RUNS_DIR, RunStore
 from harness.cli.main import main
 from harness.errors import HarnessError
+from harness.plugins.checks import n_differing, output_noise
 from harness.plugins.scaffold import scaffold
 from harness.plugins.validate import validate_plugin
-from plugins_gallery import BROKEN, Honest, OutOfCatalogue
+from harness.run.isolation import sandbox_problem
+from harness.run.referee import run
+from plugins_gallery import (BROKEN, PUBLISHED_RANKS, GarbageCollector, Honest, OutOfCatalogue, PatchesEvaluator,
+                             PublishedRanks, StoreWriter)
 
 
 def failing(report):
@@ -36,6 +46,64 @@ def test_each_broken_plugin_fails_naming_its_problem(cls, plugin):
     assert not report.passed
     assert failing(report) == expected, report.render()
     assert any(words in c.reason for c in report.checks if c.name in expected), report.render()
+
+
+@pytest.mark.parametrize("isolation", ["process", "sandbox"])
+def test_published_ranks_are_out_of_reach_or_betrayed_by_the_public_data(plugin, isolation):
+    if isolation == "sandbox" and sandbox_problem():
+        pytest.skip(f"needs a bubblewrap sandbox: {sandbox_problem()}")
+    expected, words = PUBLISHED_RANKS[isolation]
+    plugin(PublishedRanks)
+    report = validate_plugin(PublishedRanks.name, isolation=isolation)
+    assert report.isolation == isolation and failing(report) == expected, report.render()
+    assert any(words in c.reason for c in report.checks if c.name in expected), report.render()
+
+
+def test_a_patched_evaluator_in_the_worker_changes_nothing(tiny_spec, store, plugin, monkeypatch):
+    for module in (harness.metrics, harness.run.evaluate):  # restored after the test: the in-process run patches them
+        monkeypatch.setattr(module, "ranks_from_scores", module.ranks_from_scores)
+        monkeypatch.setattr(module, "ranks_from_topk", module.ranks_from_topk)
+    plugin(Honest)
+    plugin(PatchesEvaluator)
+    honest = run(tiny_spec("gallery-honest"), store)
+    patched = run(tiny_spec("gallery-patches-evaluator"), store)
+    assert patched["status"] == "ok" and patched["isolation"] in ("process", "sandbox")
+    assert patched["metrics"] == honest["metrics"] and honest["metrics"]["test"]["recall@10"] < 0.5
+    # the same plugin in the referee's own process (the debugging mode) fakes every number: why the worker exists
+    faked = run(tiny_spec("gallery-patches-evaluator", isolation="none"), store)
+    assert faked["isolation"] == "none" and faked["metrics"]["test"]["recall@10"] == 1.0
+
+
+@pytest.mark.skipif(sandbox_problem() is not None, reason=f"needs a bubblewrap sandbox: {sandbox_problem()}")
+def test_a_sandboxed_plugin_cannot_write_into_any_run_store(tiny_spec, plugin, tmp_path):
+    plugin(StoreWriter)
+    store = RunStore(runs_dir=tmp_path / "runs")
+    record = run(tiny_spec("gallery-store-writer", isolation="sandbox"), store)
+    assert record["status"] == "ok" and record["isolation"] == "sandbox", record["failure"]
+    assert store.get("forged-by-a-plugin") is None
+    if (Path(DEFAULT_RUNS_DIR) / "harness.db").exists():  # its write went to an empty folder that vanished with it
+        assert RunStore(runs_dir=DEFAULT_RUNS_DIR, read_only=True).get("forged-by-a-plugin") is None
+
+
+def test_an_unimportable_plugin_installed_changes_nothing_the_validator_sees(plugin, tmp_path, monkeypatch):
+    info = tmp_path / "site" / "broken_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[harness.methods]\nbroken-ep = no_such_module:Nothing\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    plugin(GarbageCollector)
+    report = validate_plugin(GarbageCollector.name)
+    assert failing(report) == {"run"} and "no EvalPart" in report.check("run").reason, report.render()
+
+
+def test_a_nudge_below_float_tolerance_is_caught_by_the_reruns_own_noise():
+    honest = [("score", torch.tensor([[0.5, 0.25, 0.125]]), None)]
+    nudged = [("score", torch.tensor([[0.5, 0.25 + 1e-7, 0.125]]), None)]
+    assert n_differing(honest, nudged) == (0, 1)  # a fixed float tolerance lets it through
+    assert output_noise(honest, [("score", honest[0][1].clone(), None)]) == 0.0  # reruns: bit for bit
+    assert n_differing(honest, nudged, tolerance=0.0) == (1, 1)
+    noisy = [("score", torch.tensor([[0.5, 0.25 + 3e-6, 0.125]], dtype=torch.float64), None)]
+    assert output_noise(honest, noisy) == pytest.approx(3e-6, rel=1e-6)
 
 
 @pytest.mark.parametrize("name", ["pop", "itemknn"])

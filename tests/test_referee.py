@@ -182,3 +182,83 @@ def test_trainview_holds_nothing_derived_from_test_targets(tmp_path, store, plug
     # identical inputs + same seed → identical recommendations, so identical metrics would follow for equal targets
     per_user = [store.per_user(r["run_id"])["valid"]["recall@20"] for r in records]
     np.testing.assert_array_equal(per_user[0], per_user[1])
+
+
+# --- a plugin that dies, eats memory or never returns ------------------------------------------------------------
+
+class KillsItself(Method):
+    name = "test-kills-itself"
+    paper = "a probe"
+
+    def fit(self, train, budget):
+        import os
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Segfaults(Method):
+    name = "test-segfaults"
+    paper = "a probe"
+
+    def fit(self, train, budget):
+        import ctypes
+        ctypes.string_at(0)  # reads address 0
+
+
+class EatsMemory(Method):
+    name = "test-eats-memory"
+    paper = "a probe"
+
+    def fit(self, train, budget):
+        blocks = []
+        while True:  # until the allocator says no
+            blocks.append(np.ones(2 ** 27 // 8))
+
+
+class CatchesEverything(Method):
+    """Never returns: catches the harness's stop and keeps going, in a long C call half of the time."""
+    name = "test-catches-everything"
+    paper = "a probe"
+
+    def fit(self, train, budget):
+        while True:
+            try:
+                time.sleep(5)
+            except BaseException:  # noqa: BLE001
+                pass
+
+
+@pytest.mark.parametrize("cls, words", [(KillsItself, "killed by SIGKILL"), (Segfaults, "killed by SIGSEGV")])
+def test_a_worker_that_dies_is_a_failed_record_saying_how(cls, words, tiny_spec, store, plugin):
+    plugin(cls)
+    start = time.monotonic()
+    record = run(tiny_spec(cls.name, budget_seconds=5), store)
+    assert record["status"] == "failed" and words in record["failure"] and "during fit" in record["failure"]
+    assert time.monotonic() - start < 15 and store.get(record["run_id"])["status"] == "failed"
+
+
+def test_a_plugin_past_its_memory_cap_fails_and_the_seeds_go_on(tiny_spec, store, plugin):
+    from harness.studies.seeds import run_seeds
+    plugin(EatsMemory)
+    records = run_seeds(tiny_spec("test-eats-memory", memory_mb=1500), [0, 1], store, n_jobs=1)
+    assert [r["status"] for r in records] == ["failed", "failed"]
+    assert all("MemoryError in fit" in r["failure"] and "memory cap is 1500 MB" in r["failure"] for r in records)
+
+
+def test_a_plugin_that_never_returns_is_killed_at_the_hard_limit(tiny_spec, store, plugin):
+    plugin(CatchesEverything)
+    start = time.monotonic()
+    record = run(tiny_spec("test-catches-everything", budget_seconds=1.0), store)
+    assert record["status"] == "over_budget" and "worker process was killed" in record["failure"]
+    assert time.monotonic() - start < 3.0 + 5  # hard limit (1 s + 2 s grace) + a few seconds
+
+
+def test_isolation_none_is_recorded_and_a_sandbox_where_bwrap_works(tiny_spec, store):
+    from harness.run.isolation import sandbox_problem
+    assert run(tiny_spec("pop", isolation="none"), store)["isolation"] == "none"
+    assert run(tiny_spec("pop", isolation="process"), store)["isolation"] == "process"
+    if sandbox_problem() is None:
+        assert run(tiny_spec("pop", isolation="sandbox"), store)["isolation"] == "sandbox"
+    else:
+        with pytest.raises(HarnessError, match="--isolation sandbox"):
+            run(tiny_spec("pop", isolation="sandbox"), store)

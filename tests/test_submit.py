@@ -9,7 +9,10 @@ import pytest
 from harness.board.results import LEADERBOARDS_DIR, load_results
 from harness.board.tables import leaderboard_rows
 from harness.cli.main import main
-from harness.plugins.submit import SubmissionError, publish, read_bundle, reproduce, reproduce_all, submit
+from harness.errors import HarnessError
+from harness.plugins.submit import (SubmissionError, metric_tolerances, publish, read_bundle, reproduce,
+                                    reproduce_all, submit)
+from harness.run.isolation import sandbox_problem
 from plugins_gallery import WrongShape
 
 EXAMPLE = LEADERBOARDS_DIR / "submissions" / "itemknn-smoke"
@@ -37,7 +40,7 @@ def test_hand_edited_metrics_are_caught_and_named(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "NOT REPRODUCED" in out
     assert "seed 0: recall@10 is 0.6433 in the record but 0.5933 from its per-user ranks" in out
-    assert "recall@10: bundle 0.6433, reproduced 0.5933 (|diff| 0.0500 > 0.01)" in out
+    assert "recall@10: bundle 0.6433, reproduced 0.5933 (|diff| 0.050000 > " in out
     assert "ndcg@10:" not in out  # only the edited metric is named
 
     other = shutil.copytree(EXAMPLE, tmp_path / "edited-other-seed")
@@ -83,23 +86,43 @@ def test_submit_reproduce_and_publish(tmp_path, capsys):
         assert record["plugin"]["source_hash"] == meta["plugin"]["source_hash"]
         assert (bundle / "per_user" / f"{record['run_id']}.npz").exists()
 
-    result = reproduce(bundle, seed=1)
-    assert result.passed and result.max_abs_diff == 0.0
     boards = tmp_path / "boards"
     shutil.copytree(LEADERBOARDS_DIR / "smoke", boards / "smoke")  # already holds the example's verified entry
+    result = reproduce(bundle, seed=1, isolation="process")
+    assert result.passed and result.max_abs_diff == 0.0 and result.rule.startswith("exactly")  # made right here
+    with pytest.raises(HarnessError, match="only a reproduction in the sandbox can be published"):
+        publish(bundle, result, boards)
+    if sandbox_problem():
+        pytest.skip(f"publishing needs a bubblewrap sandbox: {sandbox_problem()}")
+    result = reproduce(bundle, seed=1, isolation="sandbox")
+    assert result.passed and result.record["isolation"] == "sandbox"
     publish(bundle, result, boards)  # one seed reproduced: only that seed's record is marked
     published = load_results(track="smoke", dataset="synthetic", leaderboards_dir=boards)
     marked = {r["seed"] for r in published.records if r["config_overrides"] and published.verified(r)}
     assert marked == {1}
     rows = {r["method"]: r for r in leaderboard_rows(published, [10], "ndcg@10")}
     assert rows["itemknn[neighbors=20]"]["verified"] == "" and rows["itemknn"]["verified"] == "yes"
-    publish(bundle, reproduce_all(bundle), boards)  # every seed: the row is verified
+    publish(bundle, reproduce_all(bundle, isolation="sandbox"), boards)  # every seed: the row is verified
     published = load_results(track="smoke", dataset="synthetic", leaderboards_dir=boards)
     rows = {r["method"]: r for r in leaderboard_rows(published, [10], "ndcg@10")}
     assert rows["itemknn[neighbors=20]"]["verified"] == rows["itemknn"]["verified"] == "yes"
     mark = next(r for r in published.records if r["config_overrides"])["verified"]
-    assert mark["reproduced_seeds"] == [0, 1, 2] and mark["tolerance"] == 0.01 and len(mark["bundle_sha256"]) == 64
+    assert mark["reproduced_seeds"] == [0, 1, 2] and len(mark["bundle_sha256"]) == 64
+    assert mark["isolation"] == "sandbox" and set(mark["tolerance"].values()) == {0.0}
     assert mark["bundle"] == "bundle"  # relative to the boards' parent, like leaderboards/submissions/...
+
+
+def test_a_reproduction_is_exact_where_the_bundle_was_made_and_within_the_seed_spread_elsewhere():
+    records = [{"metrics": {"test": {"recall@10": r, "ndcg@10": r / 2}}} for r in (0.20, 0.24, 0.22)]
+    exact, rule = metric_tolerances(records, same_machine=True)
+    assert exact == {"ndcg@10": 0.0, "recall@10": 0.0} and rule.startswith("exactly")
+    spread, rule = metric_tolerances(records, same_machine=False)
+    assert spread["recall@10"] == pytest.approx(0.01) and spread["ndcg@10"] == pytest.approx(0.005)  # half a std
+    assert "half the seeds' standard deviation" in rule
+    wide = [{"metrics": {"test": {"recall@10": r}}} for r in (0.1, 0.3, 0.5)]
+    assert metric_tolerances(wide, same_machine=False)[0] == {"recall@10": 0.01}  # at most the bundle's ±0.01
+    assert metric_tolerances(records[:1], same_machine=False)[0]["recall@10"] == 0.01  # one seed: no spread
+    assert metric_tolerances(records, same_machine=True, override=0.002)[0]["recall@10"] == 0.002
 
 
 def test_a_verified_mark_nothing_backs_is_ignored_and_flagged(tmp_path):

@@ -42,7 +42,7 @@ def _ci(values: Sequence[float]) -> str:
 
 def ranking(results: ResultSet, groups: dict[str, list[dict]], min_seeds: int = 3) -> tuple[set[str], dict[str, str]]:
     """Which rows may be ranked or tied, and why each other row may not. A ranked row has the track's seeds, ran
-    converged (not `budget_bound`), has no disagreeing reruns, and shares one split with the others (the split most
+    converged (not `budget_bound`), ran isolated (not `isolation: none`), has no disagreeing reruns, and shares one split with the others (the split most
     rows have)."""
     disagree = results.reruns()
     splits = [records[0].get("split_id") for records in groups.values()]
@@ -52,6 +52,8 @@ def ranking(results: ResultSet, groups: dict[str, list[dict]], min_seeds: int = 
     for name, records in groups.items():
         if any(r.get("status") == "budget_bound" for r in records):
             reasons[name] = "budget-bound: the safety cap ended training"
+        elif any(r.get("isolation") == "none" for r in records):
+            reasons[name] = "run in the harness's own process (isolation none, a debugging mode)"
         elif len(records) < min_seeds:
             reasons[name] = f"{len(records)} of the {min_seeds} seeds a ranked row needs"
         elif name in disagree:

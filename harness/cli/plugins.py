@@ -24,6 +24,8 @@ def add_commands(sub) -> dict[str, Any]:
     val.add_argument("method")
     val.add_argument("--json", action="store_true", help="print the report as JSON")
     val.add_argument("--out", default=None, help="also write the JSON report to this file")
+    val.add_argument("--isolation", default=None, choices=("auto", "sandbox", "process", "none"),
+                     help="where the plugin runs (default: $HARNESS_ISOLATION or auto, as for harness run)")
 
     sub_ = sub.add_parser("submit", help="validate, run a track's seeds, write a submission bundle")
     sub_.add_argument("--method", required=True)
@@ -42,11 +44,13 @@ def add_commands(sub) -> dict[str, Any]:
     rep.add_argument("bundle")
     rep.add_argument("--seed", type=int, default=None, help="one seed to re-run (default: every seed of the bundle)")
     rep.add_argument("--dataset", default=None, help="one dataset to re-run (default: every dataset of the bundle)")
-    rep.add_argument("--tolerance", type=float, default=None, help="override the bundle's tolerance")
+    rep.add_argument("--tolerance", type=float, default=None, help="one absolute tolerance for every metric "
+                     "(default: exact on the bundle's hardware and library versions, else half the seeds' standard "
+                     "deviation, at most the bundle's tolerance)")
     rep.add_argument("--device", default=None, help="device of the re-run (default: the bundle's)")
     rep.add_argument("--json", action="store_true")
-    rep.add_argument("--publish", action="store_true", help="when reproduced, add the records to leaderboards/ "
-                     "with a verified mark")
+    rep.add_argument("--publish", action="store_true", help="re-run in the bubblewrap sandbox and, when reproduced, "
+                     "add the records to leaderboards/ with a verified mark")
     rep.add_argument("--leaderboards", default=None, help="leaderboards folder for --publish (default: leaderboards/)")
     return {"new-method": cmd_new_method, "validate-plugin": cmd_validate_plugin, "submit": cmd_submit,
             "reproduce": cmd_reproduce}
@@ -67,7 +71,7 @@ def cmd_new_method(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def cmd_validate_plugin(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from harness.plugins.validate import validate_plugin
 
-    report = validate_plugin(args.method)
+    report = validate_plugin(args.method, isolation=args.isolation)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:
@@ -106,8 +110,9 @@ def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from harness.paths import LEADERBOARDS_DIR
     from harness.plugins.submit import publish, reproduce_all
 
+    # a reproduction that may be published runs the plugin in the sandbox (a user error where there is none)
     results = reproduce_all(args.bundle, None if args.seed is None else [args.seed], args.dataset, args.tolerance,
-                            args.device)
+                            args.device, "sandbox" if args.publish else None)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:

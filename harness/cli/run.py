@@ -54,6 +54,12 @@ def add_commands(sub) -> dict[str, Any]:
     run.add_argument("--track", default=None, help="run under a track's pins (datasets, protocol, budget, device, "
                      "cut-offs, seeds, method sizes); see leaderboards/tracks/")
     run.add_argument("--device", default=None, help="auto (GPU if present; the default), cpu, cuda, cuda:1 ...")
+    run.add_argument("--isolation", default=None, choices=("auto", "sandbox", "process", "none"),
+                     help="where the plugin runs: a bubblewrap sandbox, a worker process, or (none: debugging "
+                     "only, never published) the harness's own process; default $HARNESS_ISOLATION or auto "
+                     "(sandbox where bwrap works, else process)")
+    run.add_argument("--memory-mb", type=int, default=None, help="cap on the plugin worker's data memory in MB: "
+                     "past it allocations fail and the run is recorded failed (default: none)")
     run.add_argument("--data-dir", default=None, help="data root (default: $HARNESS_DATA_DIR, "
                      "../shared/datasets, ~/.cache/gr-harness)")
     run.add_argument("--store", default=None, help="SQLAlchemy URL of the run store (default sqlite:///runs/harness.db)")
@@ -125,6 +131,10 @@ def make_spec(args: argparse.Namespace, dataset: str, argv: Sequence[str]):
         asked["ks"] = args.ks
     if getattr(args, "device", None):
         asked["device"] = args.device
+    if getattr(args, "isolation", None):
+        asked["isolation"] = args.isolation
+    if getattr(args, "memory_mb", None):
+        asked["memory_mb"] = args.memory_mb
     if args.track:
         track = load_track(args.track)
         track.check_dataset(dataset)

@@ -34,8 +34,8 @@ from harness.errors import HarnessError
 from harness.metrics import metrics_from_ranks
 from harness.paths import LEADERBOARDS_DIR
 from harness.plugins.validate import Report, validate_plugin
-from harness.run.record import environment, plugin_info
-from harness.run.referee import prepare, run
+from harness.run.record import environment, hardware, plugin_info, versions
+from harness.run.referee import prepare, resolve_device, run
 from harness.run.spec import RunSpec
 from harness.run.tracks import load_track
 from harness.studies.seeds import run_seeds
@@ -79,6 +79,9 @@ def submit(method: str, track_name: str, overrides: dict[str, Any] | None = None
             spec = RunSpec.for_track(track, method, dataset, overrides=dict(overrides or {}), command=command,
                                      extra={"plugin": {k: plugin[k] for k in ("package", "version", "source_hash")}})
             records = run_seeds(spec, seeds, store, n_jobs=n_jobs, resume=False)
+            if any(r.get("isolation") == "none" for r in records):
+                raise SubmissionError("these runs shared the referee's process (isolation none, a debugging mode): "
+                                      "a submission's runs are isolated; unset HARNESS_ISOLATION=none")
             failed = [r for r in records if r["status"] != "ok"]
             if failed:
                 raise SubmissionError("; ".join(f"{dataset} seed {r['seed']} {r['status']}: {r['failure']}"
@@ -112,12 +115,41 @@ def submit(method: str, track_name: str, overrides: dict[str, Any] | None = None
 
 # --- reproduction ----------------------------------------------------------------------------------------------------
 
+def metric_tolerances(records: Sequence[dict[str, Any]], same_machine: bool, override: float | None = None,
+                      cap: float = DEFAULT_TOLERANCE) -> tuple[dict[str, float], str]:
+    """Per test metric, how far a re-run may land from the bundle, and the rule that set it: exactly (0) on the
+    hardware and library versions that made the bundle (runs are deterministic there); elsewhere half the standard
+    deviation of the row's seeds, at most the bundle's absolute tolerance (near-tied scores may swap places on
+    other hardware); `override` (--tolerance) for every metric."""
+    names = sorted({m for r in records for m in r.get("metrics", {}).get("test", {})})
+    if override is not None:
+        return {m: float(override) for m in names}, f"±{override:g} on every metric (--tolerance)"
+    if same_machine:
+        return {m: 0.0 for m in names}, "exactly (same hardware and library versions as the bundle)"
+    if len(records) < 2:
+        return {m: cap for m in names}, f"±{cap:g} (one seed: no spread to derive from)"
+    spread = {m: float(np.std([r["metrics"]["test"][m] for r in records if m in r["metrics"].get("test", {})],
+                              ddof=1)) for m in names}
+    return ({m: min(cap, max(1e-6, 0.5 * spread[m])) for m in names},
+            f"half the seeds' standard deviation per metric, at most ±{cap:g}")
+
+
+def same_machine(record: dict[str, Any], spec: RunSpec) -> bool:
+    """Whether this machine and these library versions are the ones that made `record` (a CPU run is then
+    reproduced bit for bit)."""
+    here = hardware(resolve_device(spec.device))
+    keys = ("platform", "machine", "cpu_count", "device")
+    return (all(record.get("hardware", {}).get(k) == here.get(k) for k in keys)
+            and record.get("versions") == versions() and here["device"] == "cpu")
+
+
 @dataclass
 class Reproduction:
     bundle: Path
     dataset: str
     seed: int
-    tolerance: float
+    tolerance: dict[str, float]
+    rule: str = ""
     problems: list[str] = field(default_factory=list)
     rows: list[list[Any]] = field(default_factory=list)  # metric, submitted, reproduced, |diff|, ok
     record: dict[str, Any] | None = None
@@ -128,16 +160,18 @@ class Reproduction:
         return not self.problems
 
     def render(self) -> str:
-        table = tabulate(self.rows, headers=["metric (test)", "bundle", "reproduced", "|diff|", "ok"],
-                         floatfmt=".4f") if self.rows else ""
-        verdict = (f"REPRODUCED: {self.dataset} seed {self.seed}, every test metric within ±{self.tolerance:g}"
+        table = tabulate(self.rows, headers=["metric (test)", "bundle", "reproduced", "|diff|", "allowed", "ok"],
+                         floatfmt=".6f") if self.rows else ""
+        verdict = (f"REPRODUCED: {self.dataset} seed {self.seed}, every test metric {self.rule}"
                    if self.passed else "NOT REPRODUCED:\n" + "\n".join(f"- {p}" for p in self.problems))
         return "\n".join(part for part in (table, verdict) if part)
 
     def to_dict(self) -> dict[str, Any]:
         return {"bundle": str(self.bundle), "dataset": self.dataset, "seed": self.seed, "tolerance": self.tolerance,
+                "rule": self.rule, "isolation": self.record.get("isolation") if self.record else None,
                 "passed": self.passed, "problems": self.problems, "max_abs_diff": self.max_abs_diff,
-                "metrics": [dict(zip(("metric", "bundle", "reproduced", "abs_diff", "ok"), r)) for r in self.rows],
+                "metrics": [dict(zip(("metric", "bundle", "reproduced", "abs_diff", "allowed", "ok"), r))
+                            for r in self.rows],
                 "run_id": self.record["run_id"] if self.record else None}
 
 
@@ -173,7 +207,10 @@ def _consistency_problems(bundle: Path, record: dict[str, Any]) -> list[str]:
 
 
 def reproduce(bundle: str | Path, seed: int | None = None, dataset: str | None = None,
-              tolerance: float | None = None, device: str | None = None) -> Reproduction:
+              tolerance: float | None = None, device: str | None = None,
+              isolation: str | None = None) -> Reproduction:
+    """Re-run one seed of the bundle and compare every test metric within `metric_tolerances`. A reproduction
+    meant for publishing runs the plugin in the sandbox (`isolation="sandbox"`)."""
     bundle = Path(bundle)
     meta, records = read_bundle(bundle)
     dataset = dataset or meta["datasets"][0]
@@ -183,7 +220,15 @@ def reproduce(bundle: str | Path, seed: int | None = None, dataset: str | None =
     submitted = next((r for r in records[dataset] if r["seed"] == seed), None)
     if submitted is None:
         raise HarnessError(f"the bundle has no seed {seed} for {dataset} (seeds {meta['seeds']})")
-    result = Reproduction(bundle, dataset, seed, meta["tolerance"]["abs"] if tolerance is None else tolerance)
+    spec = RunSpec(seed=seed, **meta["specs"][dataset])
+    spec.command = f"harness reproduce {shlex.quote(str(bundle))} --seed {seed}"
+    if device:
+        spec.device = device
+    if isolation:
+        spec.isolation = isolation
+    tolerances, rule = metric_tolerances(records[dataset], same_machine(submitted, spec), tolerance,
+                                         meta["tolerance"]["abs"])
+    result = Reproduction(bundle, dataset, seed, tolerances, rule)
 
     installed = plugin_info(registry.get(meta["method"]))
     if installed["source_hash"] != meta["plugin"]["source_hash"]:
@@ -194,10 +239,6 @@ def reproduce(bundle: str | Path, seed: int | None = None, dataset: str | None =
     for record in records[dataset]:
         result.problems += _consistency_problems(bundle, record)
 
-    spec = RunSpec(seed=seed, **meta["specs"][dataset])
-    spec.command = f"harness reproduce {shlex.quote(str(bundle))} --seed {seed}"
-    if device:
-        spec.device = device
     with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
         again = run(spec, RunStore(runs_dir=tmp), prepare(spec))
     result.record = again
@@ -218,20 +259,22 @@ def reproduce(bundle: str | Path, seed: int | None = None, dataset: str | None =
             continue
         diff = abs(got - value)
         diffs.append(diff)
-        ok = diff <= result.tolerance
-        result.rows.append([name, value, got, diff, "yes" if ok else "NO"])
+        allowed = result.tolerance.get(name, DEFAULT_TOLERANCE)
+        ok = diff <= allowed + 1e-12  # the records keep 6 decimals
+        result.rows.append([name, value, got, diff, allowed, "yes" if ok else "NO"])
         if not ok:
             result.problems.append(f"{name}: bundle {value:.4f}, reproduced {got:.4f} "
-                                   f"(|diff| {diff:.4f} > {result.tolerance:g})")
+                                   f"(|diff| {diff:.6f} > {allowed:g}: {result.rule})")
     result.max_abs_diff = max(diffs) if diffs else None
     return result
 
 
 def reproduce_all(bundle: str | Path, seeds: Sequence[int] | None = None, dataset: str | None = None,
-                  tolerance: float | None = None, device: str | None = None) -> list[Reproduction]:
+                  tolerance: float | None = None, device: str | None = None,
+                  isolation: str | None = None) -> list[Reproduction]:
     """Every seed of the bundle (or `seeds`) on every dataset (or `dataset`), re-run one by one."""
     meta, _ = read_bundle(bundle)
-    return [reproduce(bundle, seed, name, tolerance, device) for name in ([dataset] if dataset else meta["datasets"])
+    return [reproduce(bundle, seed, name, tolerance, device, isolation) for name in ([dataset] if dataset else meta["datasets"])
             for seed in (list(seeds) if seeds is not None else meta["seeds"])]
 
 
@@ -243,6 +286,11 @@ def publish(bundle: str | Path, result: Reproduction | Sequence[Reproduction],
     results_ = [result] if isinstance(result, Reproduction) else list(result)
     if not results_ or not all(r.passed for r in results_):
         raise HarnessError("only a reproduced bundle can be published")
+    unsandboxed = sorted({r.record.get("isolation") for r in results_} - {"sandbox"})
+    if unsandboxed:
+        raise HarnessError(f"only a reproduction in the sandbox can be published (this one ran with isolation "
+                           f"{', '.join(map(str, unsandboxed))}): run `harness reproduce --publish` where bubblewrap "
+                           f"works")
     if len({r.dataset for r in results_}) != 1:
         raise HarnessError("publish one dataset's reproductions at a time")
     result = results_[0]
@@ -257,6 +305,7 @@ def publish(bundle: str | Path, result: Reproduction | Sequence[Reproduction],
     mark = {"by": "harness reproduce", "at": datetime.now(timezone.utc).isoformat(), "bundle": where,
             "bundle_sha256": bundle_digest(bundle), "seed": reproduced[0], "reproduced_seeds": reproduced,
             "reproducing_run_ids": [r.record["run_id"] for r in results_], "tolerance": result.tolerance,
+            "tolerance_rule": result.rule, "isolation": "sandbox",
             "max_abs_diff": max(r.max_abs_diff or 0.0 for r in results_),
             "plugin_source_hash": meta["plugin"]["source_hash"], "hardware": result.record["hardware"]}
     results = load_results(track=track, dataset=dataset, published=True, include_stale=True,

@@ -44,10 +44,6 @@ _PRIVATE_ENV = ("HARNESS_DATA_DIR", "HARNESS_STORE", "HARNESS_RUNS_DIR")
 _START_LOCK = threading.Lock()
 
 
-def default_mode() -> str:
-    return os.environ.get("HARNESS_ISOLATION", "auto")
-
-
 @functools.lru_cache(maxsize=1)
 def sandbox_problem() -> str | None:
     """None when bubblewrap can start a sandbox on this machine, else why not (one line)."""

@@ -6,15 +6,12 @@ provider), enforces the budget from outside, evaluates on test exactly once afte
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import shutil
-import sys
 import tempfile
-import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -24,21 +21,21 @@ import torch
 
 from harness import registry
 from harness.api import Budget, Method, TrainView
-from harness.board.store import RunStore, default_runs_dir
+from harness.board.store import DEFAULT_RUNS_DIR, RunStore, default_runs_dir
 from harness.config import merge_config
 from harness.data import data_root, load_card, load_dataset, make_split
 from harness.data.interactions import TrainInteractions
 from harness.data.protocols import is_labelled, resolve
-from harness.errors import BudgetExceeded, ConfigError, EvaluationError, NonFiniteLoss, RunPruned
+from harness.errors import ConfigError, EvaluationError
 from harness.features.cache import cache_dir
 from harness.paths import LEADERBOARDS_DIR, SHARED_DATASETS, TRACKS_DIR
 from harness.run.evaluate import evaluate_method
 from harness.run.evaluate_labelled import evaluate_labelled
-from harness.run.isolation import (RemoteError, RemoteMethod, Worker, WorkerDied, resolve_mode, unaccounted_work,
-                                   worker_environ)
+from harness.run.fit import Fitted, fit_here, fit_in_worker, plugin_path
+from harness.run.isolation import RemoteError, RemoteMethod, WorkerDied, resolve_mode, unaccounted_work
 from harness.run.record import new_record, new_run_id, peak_memory_mb
 from harness.run.spec import RunSpec
-from harness.run.worker import from_wire, measure_latency, seed_everything
+from harness.run.worker import measure_latency, seed_everything
 from harness.schema import EVALUATED
 from harness.sid import semantic_ids
 
@@ -100,43 +97,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
     return device
-
-
-class _Watchdog:
-    """Raises BudgetExceeded inside the fitting thread once the budget's clock (paused stages excluded) passes the
-    hard limit."""
-
-    POLL_SECONDS = 0.1
-
-    def __init__(self, budget: Budget, limit: float | None):
-        self.fired = False
-        self._budget = budget
-        self._limit = limit
-        self._done = threading.Event()
-        self._lock = threading.Lock()
-        self._thread_id = threading.get_ident()
-        self._thread = None if limit is None else threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self) -> None:
-        # raised again at every poll until fit returns: a plugin that swallows the exception does not escape it
-        while not self._done.wait(self.POLL_SECONDS):
-            if self._budget.elapsed >= self._limit:
-                with self._lock:
-                    if self._done.is_set():
-                        return
-                    self.fired = True
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id),
-                                                               ctypes.py_object(BudgetExceeded))
-
-    def __enter__(self):
-        if self._thread is not None:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        with self._lock:
-            self._done.set()
-        return False
 
 
 def _round(metrics: dict[str, float]) -> dict[str, float]:
@@ -204,117 +164,11 @@ def run(spec: RunSpec, store: RunStore | None = None, prepared: Prepared | None 
         torch.set_num_threads(threads)
 
 
-@dataclass
-class Fitted:
-    """How fit ended, wherever the plugin ran."""
-    method: Any = None  # the fitted plugin (isolation none) or its RemoteMethod
-    status: str = "ok"
-    failure: str | None = None
-    traceback: str | None = None
-    provenance: dict[str, Any] = field(default_factory=dict)
-    time_bound: bool = False  # the plugin's clock said exhausted when fit returned
-    threads: list[str] = field(default_factory=list)
-    worker: Worker | None = None
-
-
-def _stopped(budget: Budget, spec: RunSpec) -> str:
-    return f"stopped by the harness after {budget.elapsed:.1f}s of training (safety cap {spec.budget_seconds}s)"
-
-
-def _fit_here(method_cls: type, config: dict[str, Any], view: TrainView, budget: Budget, spec: RunSpec,
-              hard_limit: float | None) -> Fitted:
-    """Isolation `none`: the plugin in the referee's own process, stopped by an exception from a watchdog thread."""
-    out = Fitted()
-    watchdog = _Watchdog(budget, hard_limit)
-    try:
-        out.method = method_cls(config)
-        budget.start()
-        with watchdog:
-            out.method.fit(view, budget)
-        if watchdog.fired:
-            raise BudgetExceeded()
-    except BudgetExceeded:
-        out.status, out.failure = "over_budget", _stopped(budget, spec)
-    except RunPruned as exc:
-        out.status, out.failure = "pruned", str(exc)
-    except NonFiniteLoss as exc:
-        out.status, out.failure = "failed", f"NonFiniteLoss: {exc}"
-    except Exception as exc:  # the plugin's fault: recorded, never raised past the referee
-        if watchdog.fired:  # the harness's stop, caught and re-raised as something else by the plugin
-            out.status = "over_budget"
-            out.failure = _stopped(budget, spec)[:-1] + f"; the plugin turned the stop into {type(exc).__name__})"
-        else:
-            out.status, out.failure = "failed", f"{type(exc).__name__} in fit: {exc}"
-            out.traceback = traceback.format_exc(limit=8)
-    out.provenance, out.time_bound = view.provenance, budget.exhausted()
-    return out
-
-
-def _fit_in_worker(mode: str, plugin: str, config: dict[str, Any], view: dict[str, Any], validator: Validator,
-                   budget: Budget, spec: RunSpec, hard_limit: float | None, device: torch.device,
-                   valid: dict[str, Any], sandbox: dict[str, list[Path]]) -> Fitted:
-    """Isolation `process` / `sandbox`: the plugin in a worker that gets the view and nothing else. The clock is
-    the referee's own (less validation and the stages the worker announces); at the hard limit the worker is
-    killed."""
-    out = Fitted()
-    setup = {"plugin": plugin, "config": config, "view": view, "seed": spec.seed, "threads": spec.threads,
-             "device": str(device), "budget_seconds": spec.budget_seconds, "max_epochs": spec.max_epochs,
-             "environ": worker_environ(), "valid": valid, "sys_path": list(sys.path)}
-    pauses = contextlib.ExitStack()
-
-    def watch() -> None:
-        if hard_limit is not None and budget.elapsed >= hard_limit:
-            out.worker.kill()
-            raise BudgetExceeded()
-    try:
-        out.worker = Worker(mode, **sandbox)
-        out.worker.send(("fit", setup))
-        remote = RemoteMethod(out.worker, {}, spec.method)
-        while True:
-            message = out.worker.recv(watch)
-            if message[0] == "started":
-                budget.start()
-            elif message[0] == "pause":
-                pauses.enter_context(budget.paused())
-            elif message[0] == "resume":
-                pauses.close()
-            elif message[0] == "validate":
-                budget.epochs_done = message[1]
-                remote.update(from_wire(message[2]))
-                out.worker.send(("validated", validator(remote)))
-            elif message[0] == "fitted":
-                info = from_wire(message[1])
-                budget.epochs_done = info["epochs"]
-                remote.update(info["state"])
-                out.method, out.provenance = remote, info["provenance"]
-                out.time_bound, out.threads = info["exhausted"], info["threads"]
-                return out
-            else:  # ("fit_error", type, message, traceback, non-finite, epochs)
-                _, name, text, tb, non_finite, epochs = message
-                budget.epochs_done = epochs
-                out.status = "failed"
-                out.failure = f"NonFiniteLoss: {text}" if non_finite else f"{name} in fit: {text}"
-                out.traceback = None if non_finite else tb
-                return out
-    except BudgetExceeded:
-        out.status, out.failure = "over_budget", _stopped(budget, spec) + ": its worker process was killed"
-    except RunPruned as exc:
-        out.status, out.failure = "pruned", str(exc)
-    except WorkerDied as exc:
-        out.status, out.failure = "failed", f"{exc} during fit"
-    except Exception as exc:  # raised by the harness's validation of the plugin's answers: the plugin's fault
-        out.status, out.failure = "failed", f"{type(exc).__name__} in fit: {exc}"
-        out.traceback = getattr(exc, "traceback", None) or traceback.format_exc(limit=8)
-    finally:
-        pauses.close()
-    return out
-
-
 def _hidden_from_plugins(spec: RunSpec, store: RunStore) -> list[Path]:
     """What a sandboxed plugin must not read: data roots, run stores, the published boards, the harness's caches of
     downloaded data (the feature cache inside them stays writable)."""
     return [data_root(spec.data_dir), SHARED_DATASETS, LEADERBOARDS_DIR, store.runs_dir, default_runs_dir(),
-            Path("~/.cache/gr-harness").expanduser()]
+            Path(DEFAULT_RUNS_DIR), Path("~/.cache/gr-harness").expanduser()]
 
 
 def _referee(spec: RunSpec, store: RunStore, prepared: Prepared, observer: Observer | None) -> dict[str, Any]:
@@ -347,11 +201,11 @@ def _referee(spec: RunSpec, store: RunStore, prepared: Prepared, observer: Obser
     fitted = Fitted()
     try:
         if mode == "none":
-            fitted = _fit_here(method_cls, config, TrainView(**view, validate=validator, device=device,
+            fitted = fit_here(method_cls, config, TrainView(**view, validate=validator, device=device,
                                                              sid_provider=semantic_ids, pause=budget.paused),
                                budget, spec, hard_limit)
         else:
-            fitted = _fit_in_worker(mode, plugin_path(method_cls), config, view, validator, budget, spec,
+            fitted = fit_in_worker(mode, plugin_path(method_cls), config, view, validator, budget, spec,
                                     hard_limit, device, valid,
                                     {"hidden": _hidden_from_plugins(spec, store), "readable": [TRACKS_DIR],
                                      "writable": [work_dir, cache_dir()]})
@@ -361,18 +215,10 @@ def _referee(spec: RunSpec, store: RunStore, prepared: Prepared, observer: Obser
         if fitted.worker is not None:
             fitted.worker.close()
         shutil.rmtree(work_dir, ignore_errors=True)
-    record["peak_memory"] = peak_memory_mb(device)
+    record["peak_memory"] = record["peak_memory"] or peak_memory_mb(device)
     record["finished_at"] = datetime.now(timezone.utc).isoformat()
     store.save(record, per_user)
     return record
-
-
-def plugin_path(cls: type) -> str:
-    """`module:QualName`, by which the worker imports the plugin; a class it cannot import is a user error."""
-    if "<locals>" in cls.__qualname__:
-        raise ConfigError(f"plugin class {cls.__qualname__} is defined inside a function: its worker process cannot "
-                          f"import it; define it at module level (or run with --isolation none to debug)")
-    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def _evaluate(spec: RunSpec, record: dict[str, Any], per_user: dict[str, Any], fitted: Fitted, budget: Budget,
@@ -424,9 +270,11 @@ def _evaluate(spec: RunSpec, record: dict[str, Any], per_user: dict[str, Any], f
                     per_user["test"] = test.per_user
             record["diagnostics"].update(method.diagnostics())
             args = (max(spec.ks), spec.latency_users, spec.throughput_batch)
-            if isinstance(method, RemoteMethod):
-                record["latency"] = method.latency(*args)
-                _account(record, method.work(), train_seconds, spec, hard_limit)
+            if isinstance(fitted.method, RemoteMethod):  # measured in the worker; its calls accounted for
+                record["latency"] = fitted.method.latency(*args)
+                work = fitted.method.work()
+                record["peak_memory"] = work["peak_memory"]  # the plugin's process, not the referee's
+                _account(record, work, train_seconds, spec, hard_limit)
             else:
                 record["latency"] = measure_latency(method, split.valid.histories, *args, device,
                                                     split.valid.users, split.valid.exposures if labelled else None)

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from harness import registry
 from harness.metrics import DEFAULT_KS
-from harness.run.isolation import default_mode
 from harness.run.tracks import Track
 
 
@@ -27,7 +27,8 @@ class RunSpec:
     device: str = "auto"
     threads: int | None = None  # torch threads of the run (a track pins them); None: torch's default
     # where the plugin runs (harness.run.isolation): auto | sandbox | process | none ($HARNESS_ISOLATION, else auto)
-    isolation: str = field(default_factory=default_mode)
+    isolation: str = field(default_factory=lambda: os.environ.get("HARNESS_ISOLATION", "auto"))
+    memory_mb: int | None = None  # cap on the plugin worker's data memory (RLIMIT_DATA); past it allocations fail
     data_dir: str | None = None
     latency_users: int = 100
     throughput_batch: int = 256

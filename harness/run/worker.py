@@ -25,6 +25,7 @@ import importlib
 import logging
 import os
 import random
+import resource
 import sys
 import threading
 import time
@@ -222,7 +223,8 @@ class Channel:
             return measure_latency(method, self.valid["histories"], k, n_users, batch, self.device,
                                    self.valid["users"], self.valid["exposures"])
         if name == "work":
-            return {"calls": list(self.call_times)}
+            from harness.run.record import peak_memory_mb
+            return {"calls": list(self.call_times), "peak_memory": peak_memory_mb(self.device)}
         raise ValueError(f"unknown call {name!r}")
 
 
@@ -264,6 +266,8 @@ def serve(conn) -> None:
         from harness.sid import semantic_ids  # the SID provider runs beside the plugin, on the training view only
         view = TrainView(**setup["view"], validate=channel.validate, device=device, pause=channel.paused,
                          sid_provider=semantic_ids)
+        if setup["memory_mb"]:  # past the cap an allocation fails inside the plugin: a failed run, not a dead machine
+            resource.setrlimit(resource.RLIMIT_DATA, (setup["memory_mb"] * 2 ** 20, resource.RLIM_INFINITY))
         method = cls(setup["config"])
         channel.send(("started",))  # the referee's clock starts here, as the plugin's does
         budget.start()
