@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 
 $(BIN)/harness: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev,app]'
+	$(BIN)/pip install --quiet -e '.[dev,app,dask]'
 	$(BIN)/pip install --quiet -e examples/itemknn
 	touch $(BIN)/harness
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import io
 import math
 import threading
 import time
@@ -135,6 +136,8 @@ class TrainView:
     - `timed`: whether `ts` are real times, comparable across users (False: a position in each user's sequence)
     - `interactions()`: the training interactions as the leakage guard's `TrainInteractions`
     - `semantic_ids(**options)`: the SID provider over this catalogue (DESIGN §3)
+    - `checkpoint_every`, `save_checkpoint(state)`, `load_checkpoint()`: resumable training (the shared loop in
+      `harness.engines.training` uses them; the referee keeps the checkpoint)
     - `stage(name)`: a context for fitting what the method stands on (embeddings, codes, collaborative tables): not
       charged to the training clock, its cost recorded in `provenance["stages"]`
 
@@ -147,7 +150,9 @@ class TrainView:
                  work_dir: Path, dataset: str, exposures: pd.DataFrame | None = None,
                  users: pd.DataFrame | None = None, protocol: dict[str, Any] | None = None,
                  interactions: TrainInteractions | None = None, sid_provider: Callable[..., Any] | None = None,
-                 pause: Callable[[], ContextManager[None]] | None = None, timed: bool = True):
+                 pause: Callable[[], ContextManager[None]] | None = None, timed: bool = True,
+                 checkpoint_every: int | None = None, checkpoint: Callable[[bytes], None] | None = None,
+                 restored: bytes | None = None):
         # copies, read-only: an in-place edit raises, and no array shares memory with the held-out tails
         self.sequences = [_frozen(s) for s in sequences]
         self.n_items = n_items
@@ -167,6 +172,9 @@ class TrainView:
         self._interactions = interactions
         self._sid_provider = sid_provider
         self._pause = pause or contextlib.nullcontext
+        self.checkpoint_every = checkpoint_every  # epochs between checkpoints (None: none are taken)
+        self._checkpoint = checkpoint
+        self._restored = restored
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -200,6 +208,19 @@ class TrainView:
             raise HarnessError("this TrainView has no training interactions: the referee passes "
                                "`interactions=TrainInteractions.from_split(split, n_items)`")
         return self._interactions
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Hand the training state to the referee, which keeps it with the run (the plugin writes no file)."""
+        if self._checkpoint is not None:
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            self._checkpoint(buffer.getvalue())
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The state of the last checkpoint when this run resumes an interrupted one, else None."""
+        if not self._restored:
+            return None
+        return torch.load(io.BytesIO(self._restored), weights_only=False)
 
     def item_counts(self) -> np.ndarray:
         """How often each item occurs in the training sequences."""

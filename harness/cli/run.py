@@ -58,6 +58,10 @@ def add_commands(sub) -> dict[str, Any]:
                      help="where the plugin runs: a bubblewrap sandbox, a worker process, or (none: debugging "
                      "only, never published) the harness's own process; default $HARNESS_ISOLATION or auto "
                      "(sandbox where bwrap works, else process)")
+    run.add_argument("--checkpoint-every", type=int, default=None, metavar="EPOCHS",
+                     help="keep a checkpoint of the training state every EPOCHS epochs (shared training loop)")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint (same "
+                     "method, config, data, seed and track); it reaches the metrics of an uninterrupted run")
     run.add_argument("--memory-mb", type=int, default=None, help="cap on the plugin worker's data memory in MB: "
                      "past it allocations fail and the run is recorded failed (default: none)")
     run.add_argument("--data-dir", default=None, help="data root (default: $HARNESS_DATA_DIR, "
@@ -106,7 +110,64 @@ def add_commands(sub) -> dict[str, Any]:
     ablate.add_argument("--data-dir", default=None)
     ablate.add_argument("--store", default=None)
     ablate.add_argument("--runs-dir", default=None)
-    return {"run": cmd_run, "tune": cmd_tune, "ablate": cmd_ablate}
+    sweep = sub.add_parser("sweep", help="a track (or a sweep file) as runs through joblib: local processes, a dask "
+                           "cluster or Ray; runs the store already has are skipped",
+                           description="methods x datasets x seeds x config variants, each run under the track's "
+                           "pins. Re-issuing a sweep runs only what is missing (and resumes a run from its "
+                           "checkpoint). Exit code 0 when every run is ok.")
+    sweep.add_argument("file", nargs="?", default=None, help="a sweep file (YAML: track, methods, datasets, seeds, "
+                       "variants); or use --track")
+    sweep.add_argument("--track", default=None)
+    sweep.add_argument("--methods", default=None, help="comma-separated (default: the track's methods and pop)")
+    sweep.add_argument("--datasets", default=None, help="comma-separated (default: the track's)")
+    sweep.add_argument("--seeds", default=None, help="a count (5) or a list (0,1,2) (default: the track's)")
+    sweep.add_argument("--backend", default="loky", choices=["loky", "dask", "ray"])
+    sweep.add_argument("--scheduler", default=None, help="dask scheduler address, e.g. tcp://HOST:8786 (default: a "
+                       "local cluster of processes)")
+    sweep.add_argument("--address", default=None, help="Ray cluster address (default: auto)")
+    sweep.add_argument("--jobs", type=int, default=None, help="runs at once (default: loky by cores and memory, a "
+                       "cluster all its workers)")
+    sweep.add_argument("--checkpoint-every", type=int, default=None, metavar="EPOCHS",
+                       help="checkpoint each run every EPOCHS epochs, so that a re-issued sweep resumes it")
+    sweep.add_argument("--device", default=None)
+    sweep.add_argument("--data-dir", default=None)
+    sweep.add_argument("--store", default=None, help="SQLAlchemy URL of the shared run store (several machines: "
+                       "postgresql://...)")
+    sweep.add_argument("--runs-dir", default=None)
+    return {"run": cmd_run, "tune": cmd_tune, "ablate": cmd_ablate, "sweep": cmd_sweep}
+
+
+def cmd_sweep(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from harness.board.store import RunStore
+    from harness.run.tracks import load_track
+    from harness.studies.sweep import expand, load_sweep_file, run_sweep
+
+    asked: dict[str, Any] = {"data_dir": args.data_dir}
+    for key in ("device", "checkpoint_every"):
+        if getattr(args, key):
+            asked[key] = getattr(args, key)
+    if args.file and args.track:
+        raise ConfigError("give a sweep file or --track, not both")
+    if args.file:
+        plan = load_sweep_file(args.file, **asked)
+    elif args.track:
+        split = lambda text: [t.strip() for t in text.split(",") if t.strip()] if text else None  # noqa: E731
+        plan = expand(load_track(args.track), split(args.methods), split(args.datasets), args.seeds, **asked)
+    else:
+        raise ConfigError("harness sweep needs a sweep file or --track NAME")
+    store = RunStore(args.store, args.runs_dir)
+    result = run_sweep(plan, store, args.backend, args.jobs, args.scheduler, args.address)
+    done = len(result.records)
+    print(f"sweep: {len(plan.specs)} runs, {len(result.skipped)} already in the store, {done} run now, "
+          f"{done - len(result.failures)} ok")
+    for record in result.failures:
+        print(f"  {record['status']}: {record['method']} {record['dataset']} seed {record['seed']}: "
+              f"{record['failure']}", file=sys.stderr)
+    if result.interrupted:
+        missing = len(plan.specs) - len(result.skipped) - done
+        print(f"error: the sweep was interrupted ({result.interrupted}); {missing} runs did not finish: re-issue the "
+              f"same command to run them", file=sys.stderr)
+    return 0 if result.ok else 1
 
 
 def make_spec(args: argparse.Namespace, dataset: str, argv: Sequence[str]):
@@ -135,6 +196,10 @@ def make_spec(args: argparse.Namespace, dataset: str, argv: Sequence[str]):
         asked["isolation"] = args.isolation
     if getattr(args, "memory_mb", None):
         asked["memory_mb"] = args.memory_mb
+    if getattr(args, "checkpoint_every", None):
+        asked["checkpoint_every"] = args.checkpoint_every
+    if getattr(args, "resume", False):
+        asked["resume"] = True
     if args.track:
         track = load_track(args.track)
         track.check_dataset(dataset)

@@ -131,7 +131,7 @@ class GenerativeRetrieval(Method):
             self, trained, train, budget, optimizer,
             lambda: torch.randperm(len(targets), generator=generator).split(cfg["batch_size"]),
             lambda idx: self.training_loss(users[idx], hists[idx], targets[idx]), cfg,
-            scheduler=schedule, clip_norm=1.0)
+            scheduler=schedule, clip_norm=1.0, generator=generator)
 
     def use_table(self, table: SIDTable, widths: list[int] | None = None) -> None:
         """Adopt a SID table: item → SID, item → group, the validity trie (over `widths`, default the table's) and

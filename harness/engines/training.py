@@ -8,9 +8,11 @@ then the state trained last is validated before the best one is kept, so no trai
 from __future__ import annotations
 
 import logging
+import random
 import time
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -39,14 +41,50 @@ def _duration(seconds: float) -> str:
         else f"{seconds / 3600:.1f} h"
 
 
+def _rng_states(generator: torch.Generator | None) -> dict[str, Any]:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if generator is not None:
+        states["generator"] = generator.get_state()
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any], generator: torch.Generator | None) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if generator is not None and "generator" in states:
+        generator.set_state(states["generator"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 def train_with_validation(method: Method, module: torch.nn.Module, train: TrainView, budget: Budget,
                           optimizer: torch.optim.Optimizer, batches: Callable[[], Iterable[Any]],
                           loss_of: Callable[[Any], torch.Tensor], cfg: dict[str, Any],
-                          scheduler: Any = None, clip_norm: float | None = None) -> None:
+                          scheduler: Any = None, clip_norm: float | None = None,
+                          generator: torch.Generator | None = None) -> None:
     """`batches()` yields one epoch's batches, `loss_of(batch)` their loss. Reads epochs, eval_every,
-    valid_metric and patience from `cfg`; leaves `module` at its best validation state, in eval mode."""
+    valid_metric and patience from `cfg`; leaves `module` at its best validation state, in eval mode.
+
+    Every `train.checkpoint_every` epochs the whole training state (module, optimiser, scheduler, early stopping,
+    the global RNGs and the plugin's `generator`) goes to the referee; a resumed run loads it and continues with
+    the metrics an uninterrupted run would have reached."""
     stopper = EarlyStopping(cfg["valid_metric"], cfg["patience"])
     step = validated = 0  # optimiser steps taken, and the step whose state was validated last
+    first_epoch = 0
+    saved = train.load_checkpoint()
+    if saved is not None:
+        module.load_state_dict(saved["module"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved.get("scheduler") is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        stopper.best, stopper.best_state, stopper.bad_rounds = saved["stopper"]
+        step, validated, first_epoch = saved["step"], saved["validated"], saved["epoch"]
+        budget.epochs_done = saved["epochs_done"]
+        _set_rng_states(saved["rng"], generator)
+        plan.info("%s: resumed from the checkpoint after epoch %d", method.name, first_epoch)
 
     def validate() -> bool:
         nonlocal validated
@@ -55,7 +93,8 @@ def train_with_validation(method: Method, module: torch.nn.Module, train: TrainV
         return stopper.update(train.validate(method), module)
 
     epochs = budget.epochs(int(cfg["epochs"]))
-    for epoch in tqdm(range(epochs), desc=f"{method.name} epochs", leave=False, disable=None):
+    for epoch in tqdm(range(first_epoch, epochs), desc=f"{method.name} epochs", leave=False, disable=None,
+                      initial=first_epoch, total=epochs):
         module.train()
         epoch_batches = list(batches())
         started = time.perf_counter()
@@ -81,6 +120,13 @@ def train_with_validation(method: Method, module: torch.nn.Module, train: TrainV
             break
         if (epoch + 1) % cfg["eval_every"] == 0 and validate():
             break
+        if train.checkpoint_every and (epoch + 1) % train.checkpoint_every == 0 and epoch + 1 < epochs:
+            train.save_checkpoint({
+                "module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "stopper": (stopper.best, stopper.best_state, stopper.bad_rounds), "step": step,
+                "validated": validated, "epoch": epoch + 1, "epochs_done": budget.epochs_done,
+                "rng": _rng_states(generator)})
     if step > validated:  # steps were taken after the last validation: judge the state they left too
         validate()
     stopper.restore(module)

@@ -106,7 +106,8 @@ def fit_here(method_cls: type, config: dict[str, Any], view: TrainView, budget: 
 
 def fit_in_worker(mode: str, plugin: str, config: dict[str, Any], view: dict[str, Any], validator: Callable[[Any], dict[str, float]],
                    budget: Budget, spec: RunSpec, hard_limit: float | None, device: torch.device,
-                   valid: dict[str, Any], sandbox: dict[str, list[Path]]) -> Fitted:
+                   valid: dict[str, Any], sandbox: dict[str, list[Path]],
+                   checkpoint: Callable[[bytes], None] | None = None) -> Fitted:
     """Isolation `process` / `sandbox`: the plugin in a worker that gets the view and nothing else. The clock is
     the referee's own (less validation and the stages the worker announces); at the hard limit the worker is
     killed."""
@@ -132,6 +133,9 @@ def fit_in_worker(mode: str, plugin: str, config: dict[str, Any], view: dict[str
                 pauses.enter_context(budget.paused())
             elif message[0] == "resume":
                 pauses.close()
+            elif message[0] == "checkpoint":
+                if checkpoint is not None:
+                    checkpoint(message[1])
             elif message[0] == "validate":
                 budget.epochs_done = message[1]
                 remote.update(from_wire(message[2]))

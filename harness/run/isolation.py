@@ -132,15 +132,20 @@ def _death(exitcode: int | None) -> str:
 
 
 @contextlib.contextmanager
-def _caller_main_hidden() -> Iterator[None]:
-    """multiprocessing re-runs the caller's `__main__` in a child (to find functions defined there); the worker's
-    code lives in harness, so the caller's script is kept out of it."""
+def _clean_start() -> Iterator[None]:
+    """What a forkserver child is told of its parent, kept to what the worker needs: multiprocessing re-runs the
+    caller's `__main__` in a child (to find functions defined there) and adopts the caller's start method (inside
+    a joblib/loky worker, one the child does not know). The worker's code lives in harness; its start method is the
+    forkserver's."""
     main = sys.modules["__main__"]
+    method = multiprocessing.get_start_method(allow_none=True)
     sys.modules["__main__"] = types.ModuleType("__main__")
+    multiprocessing.set_start_method("forkserver", force=True)
     try:
         yield
     finally:
         sys.modules["__main__"] = main
+        multiprocessing.set_start_method(method, force=True)
 
 
 def _relay(fields: dict[str, Any]) -> None:
@@ -159,21 +164,23 @@ class Worker:
     def __init__(self, mode: str, hidden: Sequence[Path] = (), writable: Sequence[Path] = (),
                  readable: Sequence[Path] = ()):
         self.mode = mode
-        if mode == "process":
+        # a daemonic process (a dask worker) may not fork children of its own: a fresh interpreter then
+        if mode == "process" and not multiprocessing.current_process().daemon:
             from harness.run import worker as worker_module
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["harness.run.worker"])  # torch and the contract, imported once
             self.conn, child = context.Pipe(duplex=True)
             process = context.Process(target=worker_module.serve, args=(child,), daemon=True)
-            with _START_LOCK, _caller_main_hidden():
+            with _START_LOCK, _clean_start():
                 process.start()
             child.close()
             self._alive, self._kill = process.is_alive, process.kill
             self._exitcode = lambda: (process.join(1.0), process.exitcode)[1]
-        else:  # a fresh interpreter inside bubblewrap, talking over an inherited socket
+        else:  # a fresh interpreter (inside bubblewrap for the sandbox), talking over an inherited socket
             ours, theirs = socket.socketpair()
-            command = [shutil.which("bwrap"), *sandbox_args(hidden, writable, readable), "--", sys.executable, "-m",
-                       "harness.run.worker", str(theirs.fileno())]
+            command = [sys.executable, "-m", "harness.run.worker", str(theirs.fileno())]
+            if mode == "sandbox":
+                command = [shutil.which("bwrap"), *sandbox_args(hidden, writable, readable), "--", *command]
             popen = subprocess.Popen(command, pass_fds=(theirs.fileno(),), env=worker_environ())
             theirs.close()
             self.conn = Connection(ours.detach())

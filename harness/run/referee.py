@@ -6,7 +6,10 @@ provider), enforces the budget from outside, evaluates on test exactly once afte
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -188,10 +191,14 @@ def _referee(spec: RunSpec, store: RunStore, prepared: Prepared, observer: Obser
     validator = Validator(stage_evaluator(split, "valid", dataset.n_items, spec.ks, desc="validate"), budget,
                           spec.on_validate)
     work_dir = Path(tempfile.mkdtemp(prefix="harness-work-"))  # the plugin's own folder, removed after the run
+    checkpoints = Checkpoints(store, spec, record["method_config_hash"], split.split_id, validator)
+    restored = checkpoints.restore(record) if spec.resume else None
     view = dict(sequences=split.train_sequences, n_items=dataset.n_items, items=dataset.items,
                 text_fields=dataset.text_fields, seed=spec.seed, work_dir=work_dir, dataset=card.name,
                 exposures=split.train_exposures if labelled else None, users=dataset.users, protocol=split.protocol,
-                interactions=TrainInteractions.from_split(split, dataset.n_items), timed=dataset.timed)
+                interactions=TrainInteractions.from_split(split, dataset.n_items), timed=dataset.timed,
+                checkpoint_every=spec.checkpoint_every, restored=restored)
+    keep = checkpoints.save if spec.checkpoint_every else None
     if observer is not None:
         observer.given(view)
     valid = {"histories": split.valid.histories, "users": split.valid.users,
@@ -202,13 +209,14 @@ def _referee(spec: RunSpec, store: RunStore, prepared: Prepared, observer: Obser
     try:
         if mode == "none":
             fitted = fit_here(method_cls, config, TrainView(**view, validate=validator, device=device,
-                                                             sid_provider=semantic_ids, pause=budget.paused),
-                               budget, spec, hard_limit)
+                                                             sid_provider=semantic_ids, pause=budget.paused,
+                                                             checkpoint=keep),
+                              budget, spec, hard_limit)
         else:
             fitted = fit_in_worker(mode, plugin_path(method_cls), config, view, validator, budget, spec,
                                     hard_limit, device, valid,
                                     {"hidden": _hidden_from_plugins(spec, store), "readable": [TRACKS_DIR],
-                                     "writable": [work_dir, cache_dir()]})
+                                     "writable": [work_dir, cache_dir()]}, keep)
         _evaluate(spec, record, per_user, fitted, budget, split, dataset, device, labelled, hard_limit, fit_start,
                   cpu_start, validator, observer)
     finally:
@@ -218,7 +226,36 @@ def _referee(spec: RunSpec, store: RunStore, prepared: Prepared, observer: Obser
     record["peak_memory"] = record["peak_memory"] or peak_memory_mb(device)
     record["finished_at"] = datetime.now(timezone.utc).isoformat()
     store.save(record, per_user)
+    checkpoints.discard()  # the run has its record: nothing is left to resume
     return record
+
+
+class Checkpoints:
+    """Where an interrupted run's last checkpoint waits for `--resume`: beside the store's runs, keyed by what
+    makes two runs the same run (method config, split, seed, track, budget), with the validation curve so far."""
+
+    def __init__(self, store: RunStore, spec: RunSpec, config_hash: str, split_id: str, validator: Validator):
+        key = json.dumps([spec.method, config_hash, split_id, spec.seed, spec.track, spec.budget_seconds,
+                          spec.max_epochs, spec.purpose], default=str)
+        self.path = store.runs_dir / "checkpoints" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
+        self.validator = validator
+
+    def save(self, state: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        torch.save({"state": state, "curve": list(self.validator.curve)}, partial)
+        os.replace(partial, self.path)  # a kill mid-write leaves the previous checkpoint whole
+
+    def restore(self, record: dict[str, Any]) -> bytes | None:
+        if not self.path.exists():
+            return None
+        saved = torch.load(self.path, weights_only=False)
+        self.validator.curve[:] = saved["curve"]
+        record["resumed"] = {"checkpoint": self.path.name, "validations_before": len(saved["curve"])}
+        return saved["state"]
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def _evaluate(spec: RunSpec, record: dict[str, Any], per_user: dict[str, Any], fitted: Fitted, budget: Budget,

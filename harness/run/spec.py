@@ -28,6 +28,8 @@ class RunSpec:
     threads: int | None = None  # torch threads of the run (a track pins them); None: torch's default
     # where the plugin runs (harness.run.isolation): auto | sandbox | process | none ($HARNESS_ISOLATION, else auto)
     isolation: str = field(default_factory=lambda: os.environ.get("HARNESS_ISOLATION", "auto"))
+    checkpoint_every: int | None = None  # epochs between checkpoints of the shared training loop (None: none)
+    resume: bool = False  # continue from this run's checkpoint in the store, if an interrupted run left one
     memory_mb: int | None = None  # cap on the plugin worker's data memory (RLIMIT_DATA); past it allocations fail
     data_dir: str | None = None
     latency_users: int = 100

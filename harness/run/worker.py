@@ -7,6 +7,7 @@ interpreter inside a sandbox), sends it the training view once, and then drives 
     referee → worker   ("fit", setup)                        build the TrainView, fit the plugin
     worker → referee   ("started",)                          the plugin is built: fit (and the clock) begins
                        ("pause",) / ("resume",)              a stage (`train.stage`) began / ended: not charged
+                       ("checkpoint", bytes)                 `train.save_checkpoint`: the referee keeps it
                        ("validate", state)                   `train.validate(self)` was called: the referee scores
                                                              the plugin's answers to its ("call", ...) requests and
                                                              replies ("validated", metrics)
@@ -34,6 +35,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from harness.api import Budget, Method, TopK, TrainView
 from harness.errors import NonFiniteLoss
@@ -248,6 +250,8 @@ class _ToReferee(logging.Handler):
 def serve(conn) -> None:
     """The worker process: receive the setup, fit, then answer calls until closed."""
     _, setup = conn.recv()
+    # progress bars of one process need no cross-process lock (tqdm's default would leave a semaphore behind)
+    tqdm.set_lock(threading.RLock())
     sys.path[:0] = [p for p in setup["sys_path"] if p not in sys.path]  # where the referee found the plugin
     os.environ.clear()
     os.environ.update(setup["environ"])
@@ -265,7 +269,7 @@ def serve(conn) -> None:
         cls = plugin_class(setup["plugin"])
         from harness.sid import semantic_ids  # the SID provider runs beside the plugin, on the training view only
         view = TrainView(**setup["view"], validate=channel.validate, device=device, pause=channel.paused,
-                         sid_provider=semantic_ids)
+                         sid_provider=semantic_ids, checkpoint=lambda state: channel.send(("checkpoint", state)))
         if setup["memory_mb"]:  # past the cap an allocation fails inside the plugin: a failed run, not a dead machine
             resource.setrlimit(resource.RLIMIT_DATA, (setup["memory_mb"] * 2 ** 20, resource.RLIM_INFINITY))
         method = cls(setup["config"])

@@ -1,0 +1,110 @@
+"""Scale-out: sweeps through a joblib backend (local processes, a dask.distributed cluster), runs skipped when the
+store has them, and runs that resume from their checkpoint to the metrics of an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.board.store import RunStore
+from harness.cli.main import main
+
+RESUMABLE = ["run", "--method", "sasrec", "--dataset", "synthetic", "--data-set", "n_users=2000",
+             "--data-set", "n_items=300", "--set", "epochs=8", "--set", "eval_every=1", "--set", "patience=20",
+             "--checkpoint-every", "1", "--json"]
+
+
+def _record(capsys) -> dict:
+    return json.loads(capsys.readouterr().out)
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_metrics(tmp_path, capsys):
+    assert main([*RESUMABLE, "--runs-dir", str(tmp_path / "straight")]) == 0
+    straight = _record(capsys)
+    runs = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, "-m", "harness", *RESUMABLE, "--runs-dir", str(runs)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not list((runs / "checkpoints").glob("*.pt")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert process.poll() is None, "the run finished before it could be interrupted"
+    os.killpg(process.pid, signal.SIGKILL)  # the run, its forkserver and its worker
+    process.wait(30)
+    assert not [r for r in RunStore(runs_dir=runs).records() if r["status"] == "ok"]  # kill -9 leaves no ok record
+    assert main([*RESUMABLE, "--runs-dir", str(runs), "--resume"]) == 0
+    resumed = _record(capsys)
+    assert resumed["resumed"]["validations_before"] >= 1
+    assert resumed["metrics"] == straight["metrics"] and resumed["used"]["epochs"] == straight["used"]["epochs"]
+    assert [p["ndcg@10"] for p in resumed["curves"]["validation"]] == \
+        [p["ndcg@10"] for p in straight["curves"]["validation"]]
+    assert not list((runs / "checkpoints").glob("*.pt"))  # a finished run leaves no checkpoint behind
+
+
+@pytest.fixture
+def dask_cluster():
+    pytest.importorskip("distributed", reason="dask.distributed is not installed (the `dask` extra)")
+    import dask
+    from dask.distributed import LocalCluster
+    # a worker lost mid-run fails its run at once (the engine would otherwise retry it elsewhere)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None)
+        try:
+            yield cluster
+        finally:
+            cluster.close()
+
+
+def _sweep(store, scheduler, *more):
+    return ["sweep", "--track", "smoke", "--methods", "pop,sasrec", "--seeds", "3", "--backend", "dask",
+            "--scheduler", scheduler, "--store", store, *more]
+
+
+def test_a_dask_sweep_into_postgresql_runs_each_run_once(dask_cluster, postgres_url, tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    assert main([*_sweep(postgres_url, dask_cluster.scheduler_address), "--runs-dir", runs]) == 0
+    assert "6 run now, 6 ok" in capsys.readouterr().out
+    records = RunStore(postgres_url, runs).records()
+    assert len(records) == 6 and all(r["status"] == "ok" for r in records)
+    assert sorted((r["method"], r["seed"]) for r in records) == [(m, s) for m in ("pop", "sasrec") for s in range(3)]
+    assert main([*_sweep(postgres_url, dask_cluster.scheduler_address), "--runs-dir", runs]) == 0
+    assert "6 already in the store, 0 run now" in capsys.readouterr().out
+    assert len(RunStore(postgres_url, runs).records()) == 6
+
+
+def test_a_worker_killed_mid_sweep_is_reported_and_a_reissue_completes(dask_cluster, tmp_path, capsys):
+    import threading
+
+    from dask.distributed import Client
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    runs = str(tmp_path / "runs")
+    codes = []
+    sweep = threading.Thread(target=lambda: codes.append(main([*_sweep(store, dask_cluster.scheduler_address),
+                                                                "--runs-dir", runs])))
+    with Client(dask_cluster.scheduler_address) as client:
+        sweep.start()
+        deadline = time.monotonic() + 120
+        busy = {}
+        while not busy and time.monotonic() < deadline:  # a worker in the middle of a run
+            busy = {w: tasks for w, tasks in client.processing().items() if tasks}
+            time.sleep(0.2)
+        assert busy, "no worker ever ran a task"
+        victim = next(iter(busy))
+        pids = client.run(os.getpid)
+        os.kill(pids[victim], signal.SIGKILL)
+        sweep.join(300)
+    assert codes == [1]
+    err = capsys.readouterr().err
+    assert "the sweep was interrupted" in err and "re-issue the same command" in err
+    finished = [r for r in RunStore(store, runs).records() if r["status"] == "ok"]
+    assert len(finished) < 6
+    assert main([*_sweep(store, dask_cluster.scheduler_address), "--runs-dir", runs]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(finished)} already in the store, {6 - len(finished)} run now, {6 - len(finished)} ok" in out
+    assert sorted((r["method"], r["seed"]) for r in RunStore(store, runs).records() if r["status"] == "ok") == \
+        [(m, s) for m in ("pop", "sasrec") for s in range(3)]
