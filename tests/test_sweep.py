@@ -100,7 +100,7 @@ def test_a_worker_killed_mid_sweep_is_reported_and_a_reissue_completes(dask_clus
         sweep.join(300)
     assert codes == [1]
     err = capsys.readouterr().err
-    assert "the sweep was interrupted" in err and "re-issue the same command" in err
+    assert "lost: " in err and "its worker died (KilledWorker" in err and "re-issue the same command" in err
     finished = [r for r in RunStore(store, runs).records() if r["status"] == "ok"]
     assert len(finished) < 6
     assert main([*_sweep(store, dask_cluster.scheduler_address), "--runs-dir", runs]) == 0

@@ -159,10 +159,15 @@ def cmd_sweep(args: argparse.Namespace, argv: Sequence[str]) -> int:
     result = run_sweep(plan, store, args.backend, args.jobs, args.scheduler, args.address)
     done = len(result.records)
     print(f"sweep: {len(plan.specs)} runs, {len(result.skipped)} already in the store, {done} run now, "
-          f"{done - len(result.failures)} ok")
+          f"{done - len(result.failures)} ok" + (f", {len(result.lost)} lost" if result.lost else ""))
     for record in result.failures:
         print(f"  {record['status']}: {record['method']} {record['dataset']} seed {record['seed']}: "
               f"{record['failure']}", file=sys.stderr)
+    for label, why in result.lost:
+        print(f"  lost: {label}: its worker died ({why})", file=sys.stderr)
+    if result.lost:
+        print(f"error: {len(result.lost)} runs lost their worker: re-issue the same command to run them",
+              file=sys.stderr)
     if result.interrupted:
         missing = len(plan.specs) - len(result.skipped) - done
         print(f"error: the sweep was interrupted ({result.interrupted}); {missing} runs did not finish: re-issue the "

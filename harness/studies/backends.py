@@ -8,7 +8,7 @@ Each dask or ray worker runs one run at a time with the run's own pinned threads
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Iterator
 
 from joblib import parallel_config
 
@@ -19,12 +19,13 @@ BACKENDS = ("loky", "dask", "ray")
 
 
 @contextlib.contextmanager
-def engine(backend: str, scheduler: str | None = None, address: str | None = None) -> Iterator[None]:
-    """joblib's backend for the runs inside the block: loky; dask with a client of `scheduler` (default: a local
-    cluster of processes); ray at `address` (default: auto)."""
+def engine(backend: str, scheduler: str | None = None, address: str | None = None) -> Iterator[Any]:
+    """joblib's backend for the runs inside the block: loky; ray at `address` (default: auto); for dask the block
+    gets the `Client` of `scheduler` (default: a local cluster of processes), whose futures report each lost run
+    on its own (joblib's dask backend waits for ever on a task whose worker died)."""
     if backend == "loky":
         with parallel_config(backend="loky"):
-            yield
+            yield None
     elif backend == "dask":
         try:
             from dask.distributed import Client
@@ -33,7 +34,7 @@ def engine(backend: str, scheduler: str | None = None, address: str | None = Non
         client = Client(scheduler) if scheduler else Client(processes=True, threads_per_worker=1)
         try:
             with parallel_config(backend="dask"):
-                yield
+                yield client
         finally:
             client.close()
     elif backend == "ray":
@@ -45,7 +46,7 @@ def engine(backend: str, scheduler: str | None = None, address: str | None = Non
         register_ray()
         ray.init(address=address or "auto", ignore_reinit_error=True)
         with parallel_config(backend="ray"):
-            yield
+            yield None
     else:
         raise ConfigError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
 

@@ -51,6 +51,7 @@ class Sweep:
 class SweepResult:
     records: list[dict[str, Any]] = field(default_factory=list)  # the runs done now
     skipped: list[str] = field(default_factory=list)  # labels of runs already finished in the store
+    lost: list[tuple[str, str]] = field(default_factory=list)  # (label, why) of runs whose worker the engine lost
     interrupted: str | None = None  # why the engine stopped before every run had finished
 
     @property
@@ -59,7 +60,7 @@ class SweepResult:
 
     @property
     def ok(self) -> bool:
-        return not self.failures and self.interrupted is None
+        return not self.failures and not self.lost and self.interrupted is None
 
 
 def expand(track: Track, methods: Sequence[str] | None = None, datasets: Sequence[str] | None = None,
@@ -134,8 +135,20 @@ def run_sweep(sweep: Sweep, store: RunStore, backend: str = "loky", n_jobs: int 
         return result
     first = sweep.specs[todo[0]]
     jobs = jobs_for(backend, n_jobs, len(todo), first.device, first.threads)
-    tasks = (delayed(_run_one)(sweep.specs[i], store.url, str(store.runs_dir)) for i in todo)
-    with engine(backend, scheduler, address), tqdm(total=len(todo), desc="sweep", unit="run", disable=None) as bar:
+    with engine(backend, scheduler, address) as client, \
+            tqdm(total=len(todo), desc="sweep", unit="run", disable=None) as bar:
+        if client is not None:  # dask: one future per run, each lost run reported on its own
+            from dask.distributed import as_completed
+            futures = {client.submit(_run_one, sweep.specs[i], store.url, str(store.runs_dir), pure=False): i
+                       for i in todo}
+            for future in as_completed(futures):
+                try:
+                    result.records.append(future.result())
+                except Exception as exc:  # noqa: BLE001 - a worker died under the run (killed, out of memory)
+                    result.lost.append((sweep.labels[futures[future]], f"{type(exc).__name__}: {exc}"))
+                bar.update()
+            return result
+        tasks = (delayed(_run_one)(sweep.specs[i], store.url, str(store.runs_dir)) for i in todo)
         try:
             for record in Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks):
                 result.records.append(record)
