@@ -111,3 +111,20 @@ def postgres_url():
         subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                        capture_output=True, timeout=120)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# --- a dask.distributed cluster of 2 worker processes on loopback --------------------------------------------------
+
+@pytest.fixture
+def dask_cluster():
+    pytest.importorskip("distributed", reason="dask.distributed is not installed (the `dask` extra)")
+    import dask
+    from dask.distributed import LocalCluster
+    # a worker lost mid-run fails its run at once (the engine would otherwise retry it elsewhere)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None)
+        try:
+            yield cluster
+        finally:
+            cluster.close()

@@ -9,8 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from harness.board.store import RunStore
 from harness.cli.main import main
 
@@ -43,21 +41,6 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_metrics(tmp_path, 
     assert [p["ndcg@10"] for p in resumed["curves"]["validation"]] == \
         [p["ndcg@10"] for p in straight["curves"]["validation"]]
     assert not list((runs / "checkpoints").glob("*.pt"))  # a finished run leaves no checkpoint behind
-
-
-@pytest.fixture
-def dask_cluster():
-    pytest.importorskip("distributed", reason="dask.distributed is not installed (the `dask` extra)")
-    import dask
-    from dask.distributed import LocalCluster
-    # a worker lost mid-run fails its run at once (the engine would otherwise retry it elsewhere)
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None)
-        try:
-            yield cluster
-        finally:
-            cluster.close()
 
 
 def _sweep(store, scheduler, *more):

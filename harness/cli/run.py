@@ -81,6 +81,13 @@ def add_commands(sub) -> dict[str, Any]:
                       "it between workers on several machines, e.g. postgresql://...")
     tune.add_argument("--study", default=None, help="study name (default: method--dataset--track--metric)")
     tune.add_argument("--sampler-seed", type=int, default=0, help="TPE seed (give each worker its own)")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="a config value fixed for every trial (e.g. --set epochs=5)")
+    tune.add_argument("--workers", type=int, default=1, help="Optuna workers on the one study (each its own sampler "
+                      "seed: --sampler-seed + i)")
+    tune.add_argument("--backend", default="loky", choices=["loky", "dask"], help="where the workers run: local "
+                      "processes, or a dask cluster (--scheduler); several machines need an RDB --storage")
+    tune.add_argument("--scheduler", default=None, help="dask scheduler address (default: a local cluster)")
     tune.add_argument("--no-final", action="store_true", help="only tune; do not run the best config on test")
     tune.add_argument("--seeds", default=None, help="seeds of the final evaluation (default: the track's)")
     tune.add_argument("--data-dir", default=None)
@@ -263,14 +270,18 @@ def cmd_tune(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from harness.board.store import RunStore
     from harness.run.tracks import load_track
     from harness.studies.seeds import parse_seeds, run_seeds
-    from harness.studies.tune import best_spec, tune
+    from harness.studies.tune import best_spec, tune, tune_workers
 
     track = load_track(args.track)
     store = RunStore(args.store, args.runs_dir)
     spec = make_spec(args, args.dataset, argv)
     metric = track.tuning.get("metric", track.primary_metric)
     trials = args.trials or int(track.tuning.get("trials", 20))
-    study = tune(spec, trials, store, metric, args.storage, args.study, args.sampler_seed)
+    if args.workers > 1 or args.backend != "loky":
+        study = tune_workers(spec, trials, store, args.workers, args.backend, args.scheduler, metric, args.storage,
+                             args.study, args.sampler_seed)
+    else:
+        study = tune(spec, trials, store, metric, args.storage, args.study, args.sampler_seed)
     finished = [t for t in study.trials if t.state.is_finished()]
     if not any(t.state.name == "COMPLETE" for t in study.trials):
         failures = sorted({str(t.user_attrs.get("failure") or t.state.name) for t in finished})

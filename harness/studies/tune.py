@@ -15,6 +15,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy.exc
+from joblib import Parallel, delayed
 from optuna.trial import TrialState
 
 from harness import registry
@@ -23,6 +24,7 @@ from harness.errors import ConfigError, RunPruned
 from harness.run.referee import run
 from harness.run.spec import RunSpec
 from harness.schema import EVALUATED
+from harness.studies.backends import engine
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -114,6 +116,29 @@ def tune(spec: RunSpec, trials: int, store: RunStore, metric: str = "ndcg@10", s
     study.optimize(objective, catch=(RuntimeError,),
                    callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED)])
     return study
+
+
+def _tune_worker(spec: RunSpec, trials: int, store_url: str, runs_dir: str, metric: str, storage: str, name: str,
+                 sampler_seed: int) -> int:
+    tune(spec, trials, RunStore(store_url, runs_dir), metric, storage, name, sampler_seed)
+    return os.getpid()
+
+
+def tune_workers(spec: RunSpec, trials: int, store: RunStore, workers: int, backend: str = "loky",
+                 scheduler: str | None = None, metric: str = "ndcg@10", storage: str | None = None,
+                 name: str | None = None, sampler_seed: int = 0) -> optuna.Study:
+    """`workers` Optuna workers on one study in its storage (an RDB: every worker reads and writes the same trials),
+    each with its own sampler seed, run by the backend's engine (local processes or a dask cluster)."""
+    storage = storage or default_storage(store)
+    name = name or study_name(spec, metric)
+    args = [(spec, trials, store.url, str(store.runs_dir), metric, storage, name, sampler_seed + i)
+            for i in range(workers)]
+    with engine(backend, scheduler) as client:
+        if client is not None:
+            client.gather([client.submit(_tune_worker, *a, pure=False) for a in args])
+        else:
+            Parallel(n_jobs=workers)(delayed(_tune_worker)(*a) for a in args)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def best_spec(study: optuna.Study, spec: RunSpec, metric: str) -> RunSpec:
