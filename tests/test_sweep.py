@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from harness.board.store import RunStore
 from harness.cli.main import main
 
@@ -91,3 +93,23 @@ def test_a_worker_killed_mid_sweep_is_reported_and_a_reissue_completes(dask_clus
     assert f"{len(finished)} already in the store, {6 - len(finished)} run now, {6 - len(finished)} ok" in out
     assert sorted((r["method"], r["seed"]) for r in RunStore(store, runs).records() if r["status"] == "ok") == \
         [(m, s) for m in ("pop", "sasrec") for s in range(3)]
+
+
+def test_a_sweep_file_expands_into_methods_variants_and_seeds(tmp_path):
+    from harness.errors import ConfigError
+    from harness.studies.sweep import load_sweep_file
+    path = tmp_path / "sweep.yaml"
+    path.write_text("track: smoke\nmethods: [pop, sasrec]\nseeds: 2\nvariants:\n  sasrec: {bce: {loss: bce}}\n")
+    plan = load_sweep_file(path)
+    assert plan.labels == ["pop synthetic s0", "pop synthetic s1", "sasrec[bce] synthetic s0",
+                           "sasrec[bce] synthetic s1"]
+    sasrec = plan.specs[2]
+    assert sasrec.overrides == {"loss": "bce"} and sasrec.track == "smoke" and sasrec.threads == 1
+    assert sasrec.track_overrides == {"epochs": 30, "patience": 3}  # the track's pins under every run
+    path.write_text("methods: [pop]\n")
+    with pytest.raises(ConfigError, match="needs `track:`"):
+        load_sweep_file(path)
+    path.write_text("track: smoke\nmodels: [pop]\n")
+    with pytest.raises(ConfigError, match="unknown: models"):
+        load_sweep_file(path)
+    assert main(["sweep"]) == 2
