@@ -129,20 +129,18 @@ class TrainView:
     - `items`: the item table (`item_id` = raw id, text fields, `attrs`), row i describes catalogue item i
     - `text_fields`: the dataset card's fields that make an item's text
     - `validate(method)`: validation metrics computed by the harness on the validation targets
-    - `device`, `seed`, `work_dir` (a folder the plugin may write caches to)
+    - `device`, `seed`, `work_dir` (the plugin's own scratch folder, removed after the run)
     - `users`: the user table where the card has one (row u = dense user u: demographics …), else None
     - labelled-exposure protocol only: `exposures` (user, item, ts, rating, label: the training exposures, negatives
       included; `sequences` then holds each user's positives) and `protocol` (threshold, block sizes)
     - `timed`: whether `ts` are real times, comparable across users (False: a position in each user's sequence)
     - `interactions()`: the training interactions as the leakage guard's `TrainInteractions`
     - `semantic_ids(**options)`: the SID provider over this catalogue (DESIGN §3)
-    - `checkpoint_every`, `save_checkpoint(state)`, `load_checkpoint()`: resumable training (the shared loop in
-      `harness.engines.training` uses them; the referee keeps the checkpoint)
+    - `checkpoint_every`, `save_checkpoint(state)`, `load_checkpoint()`: resumable training (the referee keeps it)
     - `stage(name)`: a context for fitting what the method stands on (embeddings, codes, collaborative tables): not
       charged to the training clock, its cost recorded in `provenance["stages"]`
 
-    The referee builds it and hands it the training interactions and the SID provider; the contract imports none
-    of that machinery.
+    The referee builds it (with the training interactions and the SID provider); the contract imports none of that.
     """
 
     def __init__(self, sequences: list[np.ndarray], n_items: int, items: pd.DataFrame, text_fields: Sequence[str],
@@ -173,8 +171,7 @@ class TrainView:
         self._sid_provider = sid_provider
         self._pause = pause or contextlib.nullcontext
         self.checkpoint_every = checkpoint_every  # epochs between checkpoints (None: none are taken)
-        self._checkpoint = checkpoint
-        self._restored = restored
+        self._checkpoint, self._restored = checkpoint, restored
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -218,9 +215,7 @@ class TrainView:
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The state of the last checkpoint when this run resumes an interrupted one, else None."""
-        if not self._restored:
-            return None
-        return torch.load(io.BytesIO(self._restored), weights_only=False)
+        return torch.load(io.BytesIO(self._restored), weights_only=False) if self._restored else None
 
     def item_counts(self) -> np.ndarray:
         """How often each item occurs in the training sequences."""

@@ -76,7 +76,7 @@ class ARGUS(Method):
             return sampled_softmax_loss(pos, neg, positives, negatives, log_q, cfg["temperature"])
         train_with_validation(self, self.net, train, budget, optimizer,
                               lambda: length_bucketed_batches(lengths, cfg["batch_size"], generator), loss_of, cfg,
-                              generator=generator)
+                              generators=[generator])
 
     @torch.no_grad()
     def score(self, histories: list[np.ndarray], items: torch.Tensor | None = None) -> torch.Tensor:

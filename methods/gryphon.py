@@ -82,6 +82,9 @@ class Gryphon(GenerativeRetrieval):
             shape = dataclasses.replace(shape, dec_layers=shape.dec_layers - 1)
         return shape
 
+    def generators(self) -> list[torch.Generator]:
+        return [self.sample_generator]
+
     def build_heads(self, train: TrainView, targets: torch.Tensor) -> nn.Module:
         cfg = self.config
         features = item_features(train, cfg["item_features"], cfg.get("item_features_options"))

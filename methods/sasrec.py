@@ -42,7 +42,7 @@ class SASRec(Method):
             return self._loss(inputs[idx, -width:].to(self.device), targets[idx, -width:].to(self.device), generator)
         train_with_validation(self, self.net, train, budget, optimizer,
                               lambda: length_bucketed_batches(lengths, cfg["batch_size"], generator), loss_of, cfg,
-                              generator=generator)
+                              generators=[generator])
 
     def _loss(self, seq: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         hidden = self.net(seq)

@@ -131,7 +131,7 @@ class GenerativeRetrieval(Method):
             self, trained, train, budget, optimizer,
             lambda: torch.randperm(len(targets), generator=generator).split(cfg["batch_size"]),
             lambda idx: self.training_loss(users[idx], hists[idx], targets[idx]), cfg,
-            scheduler=schedule, clip_norm=1.0, generator=generator)
+            scheduler=schedule, clip_norm=1.0, generators=[generator, *self.generators()])
 
     def use_table(self, table: SIDTable, widths: list[int] | None = None) -> None:
         """Adopt a SID table: item → SID, item → group, the validity trie (over `widths`, default the table's) and
@@ -154,6 +154,10 @@ class GenerativeRetrieval(Method):
         """Hook for methods that train more than the generator (Gryphon's item scorer): returns the module whose
         parameters are optimised and whose best validation state is kept."""
         return self.model
+
+    def generators(self) -> list[torch.Generator]:
+        """Random streams of the method's own that training draws from (a checkpoint keeps their state)."""
+        return []
 
     def history_sids(self, hists: torch.Tensor) -> torch.Tensor:
         """Item ids [B, N] (-1 = padding) → SIDs [B, N, L] (-1 rows for padding)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -41,21 +41,20 @@ def _duration(seconds: float) -> str:
         else f"{seconds / 3600:.1f} h"
 
 
-def _rng_states(generator: torch.Generator | None) -> dict[str, Any]:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if generator is not None:
-        states["generator"] = generator.get_state()
+def _rng_states(generators: Sequence[torch.Generator]) -> dict[str, Any]:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+              "generators": [g.get_state() for g in generators]}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
 
 
-def _set_rng_states(states: dict[str, Any], generator: torch.Generator | None) -> None:
+def _set_rng_states(states: dict[str, Any], generators: Sequence[torch.Generator]) -> None:
     torch.set_rng_state(states["torch"])
     np.random.set_state(states["numpy"])
     random.setstate(states["python"])
-    if generator is not None and "generator" in states:
-        generator.set_state(states["generator"])
+    for generator, state in zip(generators, states["generators"]):
+        generator.set_state(state)
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 
@@ -64,12 +63,12 @@ def train_with_validation(method: Method, module: torch.nn.Module, train: TrainV
                           optimizer: torch.optim.Optimizer, batches: Callable[[], Iterable[Any]],
                           loss_of: Callable[[Any], torch.Tensor], cfg: dict[str, Any],
                           scheduler: Any = None, clip_norm: float | None = None,
-                          generator: torch.Generator | None = None) -> None:
+                          generators: Sequence[torch.Generator] = ()) -> None:
     """`batches()` yields one epoch's batches, `loss_of(batch)` their loss. Reads epochs, eval_every,
     valid_metric and patience from `cfg`; leaves `module` at its best validation state, in eval mode.
 
     Every `train.checkpoint_every` epochs the whole training state (module, optimiser, scheduler, early stopping,
-    the global RNGs and the plugin's `generator`) goes to the referee; a resumed run loads it and continues with
+    the global RNGs and the plugin's own `generators`) goes to the referee; a resumed run loads it and continues with
     the metrics an uninterrupted run would have reached."""
     stopper = EarlyStopping(cfg["valid_metric"], cfg["patience"])
     step = validated = 0  # optimiser steps taken, and the step whose state was validated last
@@ -83,7 +82,7 @@ def train_with_validation(method: Method, module: torch.nn.Module, train: TrainV
         stopper.best, stopper.best_state, stopper.bad_rounds = saved["stopper"]
         step, validated, first_epoch = saved["step"], saved["validated"], saved["epoch"]
         budget.epochs_done = saved["epochs_done"]
-        _set_rng_states(saved["rng"], generator)
+        _set_rng_states(saved["rng"], generators)
         plan.info("%s: resumed from the checkpoint after epoch %d", method.name, first_epoch)
 
     def validate() -> bool:
@@ -126,7 +125,7 @@ def train_with_validation(method: Method, module: torch.nn.Module, train: TrainV
                 "scheduler": None if scheduler is None else scheduler.state_dict(),
                 "stopper": (stopper.best, stopper.best_state, stopper.bad_rounds), "step": step,
                 "validated": validated, "epoch": epoch + 1, "epochs_done": budget.epochs_done,
-                "rng": _rng_states(generator)})
+                "rng": _rng_states(generators)})
     if step > validated:  # steps were taken after the last validation: judge the state they left too
         validate()
     stopper.restore(module)
