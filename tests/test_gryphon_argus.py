@@ -107,3 +107,30 @@ def test_item_scorer_separates_items_that_share_a_sid(tiny_spec, store, tmp_path
     assert diag["invalid_sid_rate"] == 0.0
     ilsm, beam = record["metrics"]["test"]["recall@10"], diag["beam_ranked/recall@10"]
     assert ilsm >= beam + 0.05, (ilsm, beam)
+
+
+def test_every_track_gives_gryphon_one_decoder_block_fewer_than_gr():
+    """Gryphon at parity (§4.1.3): GR's decoder with one block replaced by the one-layer item scorer."""
+    from types import SimpleNamespace
+
+    from harness.config import merge_config
+    from harness.registry import get
+    from harness.run.spec import RunSpec
+    from harness.run.tracks import load_track, track_names
+    checked = 0
+    for name in track_names():
+        track = load_track(name)
+        if not {"gr", "gryphon"} <= set(track.method_overrides):
+            continue
+        shapes = {}
+        for method in ("gr", "gryphon"):
+            spec = RunSpec.for_track(track, method, track.datasets[0])
+            cls = get(method)
+            config = merge_config(cls.default_config, spec.track_overrides, method, cls.recipes)
+            plugin = cls(config)
+            plugin.table = SimpleNamespace(widths=[8, 8])  # the shape's SID widths come from the fitted table
+            shapes[method] = plugin.model_shape()
+        assert shapes["gryphon"].dec_layers == shapes["gr"].dec_layers - 1, name
+        assert shapes["gryphon"].d_model == shapes["gr"].d_model and shapes["gryphon"].enc_layers == shapes["gr"].enc_layers
+        checked += 1
+    assert checked >= 2
