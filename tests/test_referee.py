@@ -255,10 +255,12 @@ def test_a_plugin_that_never_returns_is_killed_at_the_hard_limit(tiny_spec, stor
 
 def test_isolation_none_is_recorded_and_a_sandbox_where_bwrap_works(tiny_spec, store):
     from harness.run.isolation import sandbox_problem
-    assert run(tiny_spec("pop", isolation="none"), store)["isolation"] == "none"
-    assert run(tiny_spec("pop", isolation="process"), store)["isolation"] == "process"
+    here = run(tiny_spec("pop", isolation="none"), store)
+    apart = run(tiny_spec("pop", isolation="process"), store)  # score blocks through shared memory
+    assert (here["isolation"], apart["isolation"]) == ("none", "process") and here["metrics"] == apart["metrics"]
     if sandbox_problem() is None:
-        assert run(tiny_spec("pop", isolation="sandbox"), store)["isolation"] == "sandbox"
+        boxed = run(tiny_spec("pop", isolation="sandbox"), store)
+        assert boxed["isolation"] == "sandbox" and boxed["metrics"] == here["metrics"]
     else:
         with pytest.raises(HarnessError, match="--isolation sandbox"):
             run(tiny_spec("pop", isolation="sandbox"), store)

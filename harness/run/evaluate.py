@@ -16,6 +16,9 @@ from harness.errors import EvaluationError
 from harness.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores, ranks_from_topk
 
 
+EVAL_BATCH = 1024  # users per recommend / score call
+
+
 @dataclass
 class EvalResult:
     per_user: dict[str, np.ndarray]
@@ -58,7 +61,7 @@ def judged_mode(method: Method, mode: str = "auto") -> str:
 
 def evaluate_method(method, histories: Sequence[np.ndarray], targets: np.ndarray, n_items: int,
                     ks: Sequence[int] = DEFAULT_KS, exclude_history: bool = False, mode: str = "auto",
-                    batch_size: int = 1024, desc: str = "evaluate", users: np.ndarray | None = None) -> EvalResult:
+                    batch_size: int = EVAL_BATCH, desc: str = "evaluate", users: np.ndarray | None = None) -> EvalResult:
     """Rank each target against the full catalogue with the method's `score` (mode 'score') or `recommend` ('topk').
 
     'auto' uses `score` when the plugin has it (and does not ask to be judged by `recommend`), else `recommend`

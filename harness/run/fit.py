@@ -16,6 +16,7 @@ import torch
 
 from harness.api import Budget, TrainView
 from harness.errors import BudgetExceeded, ConfigError, NonFiniteLoss, RunPruned
+from harness.run.evaluate import EVAL_BATCH
 from harness.run.isolation import RemoteMethod, Worker, WorkerDied, worker_environ
 from harness.run.spec import RunSpec
 from harness.run.worker import from_wire
@@ -122,7 +123,10 @@ def fit_in_worker(mode: str, plugin: str, config: dict[str, Any], view: dict[str
             out.worker.kill()
             raise BudgetExceeded()
     try:
-        out.worker = Worker(mode, **sandbox)
+        # a full-catalogue score block of the evaluator's batch, in float32
+        out.worker = Worker(mode, **sandbox, block_bytes=EVAL_BATCH * view["n_items"] * 4)
+        blocks = out.worker.blocks
+        setup["blocks"] = None if blocks is None else (blocks.path, blocks.size)
         out.worker.send(("fit", setup))
         remote = RemoteMethod(out.worker, {}, spec.method)
         while True:

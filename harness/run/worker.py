@@ -13,7 +13,7 @@ interpreter inside a sandbox), sends it the training view once, and then drives 
                                                              replies ("validated", metrics)
                        ("fitted", info) | ("fit_error", ...) fit returned / raised
     referee → worker   ("call", name, args)                  recommend / score / auc / diagnostics / params / latency
-    worker → referee   ("result", value) | ("error", ...)
+    worker → referee   ("result", value) | ("block", shape, dtype) | ("error", ...)   (a block: in shared memory)
     referee → worker   ("close",)
 
 Tensors travel as numpy arrays (copied, never shared storage). The referee keeps its own clock: it kills this
@@ -151,6 +151,7 @@ class Channel:
         self.device = device
         self.valid = valid  # validation histories / users / exposures, for the latency measurement only
         self._depth = 0
+        self.blocks: Any = None  # the referee's BlockBuffer for score blocks
         self.fitting = True
         # (call, users, seconds, during fit) of every recommend / score / auc call: the work accounting's data
         self.call_times: list[tuple[str, int, float, bool]] = []
@@ -193,7 +194,7 @@ class Channel:
             try:
                 with torch.no_grad():
                     value = self.answer(method, name, *args)
-                reply = ("result", to_wire(value))
+                reply = self.block_reply(value) or ("result", to_wire(value))
             except Exception as exc:  # the plugin's fault: the referee records it
                 reply = ("error", type(exc).__name__, str(exc), traceback.format_exc(limit=8))
             users = len(args[0]) if name in ("recommend", "score", "auc") and args and isinstance(args[0], list) \
@@ -201,6 +202,17 @@ class Channel:
             if users:
                 self.call_times.append((name, users, time.perf_counter() - start, self.fitting))
             self.send(reply)
+
+    def block_reply(self, value: Any) -> tuple | None:
+        """A score block goes through the shared-memory buffer the referee made for it (when it fits): one copy in,
+        one copy out, instead of pickling it through the pipe."""
+        if self.blocks is None or not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            return None
+        array = value.detach().cpu().numpy()
+        if array.nbytes > self.blocks.size or array.dtype.kind != "f":
+            return None
+        np.ndarray(array.shape, array.dtype, buffer=self.blocks.buf)[...] = array
+        return ("block", array.shape, array.dtype.str)
 
     def answer(self, method: Method, name: str, *args: Any) -> Any:
         if name == "recommend":
@@ -261,6 +273,9 @@ def serve(conn) -> None:
     device = torch.device(setup["device"])
     budget = Budget(setup["budget_seconds"], setup["max_epochs"])
     channel = Channel(conn, budget, device, setup["valid"])
+    if setup.get("blocks"):
+        from harness.run.isolation import BlockBuffer
+        channel.blocks = BlockBuffer(*setup["blocks"])
     root = logging.getLogger()
     root.handlers[:] = [_ToReferee(channel)]
     root.setLevel(logging.INFO)

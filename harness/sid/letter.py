@@ -9,7 +9,11 @@ averaged over elements (the scale α and β are set for):
 - β · diversity loss: each level's codebook is grouped into clusters by size-constrained k-means (re-clustered every
   epoch); an item's quantised vector is pulled, by cross-entropy over the codebook, toward another code of its
   code's cluster, which spreads items over codes instead of piling them on a few;
-- the last level assigns codes by Sinkhorn-balanced optimal transport (equal mass per code), reducing collisions.
+- the last level assigns codes by Sinkhorn-balanced optimal transport (equal mass per code) during training.
+
+Indexing, as the reference's index generation does: every item takes its nearest code at every level; then, for up
+to `collision_rounds` rounds, each group of items sharing a whole SID is quantised again on its own with the
+Sinkhorn-balanced last level, which spreads the group over distinct last codes. The VQ loss is the mean over levels.
 """
 from __future__ import annotations
 
@@ -84,11 +88,13 @@ class LETTER(Tokenizer):
     def __init__(self, levels=4, width=256, seed=0, hidden: list[int] | None = None, latent: int = 32,
                  mu: float = 0.25, alpha: float = 0.02, beta: float = 0.0001, clusters: int = 10,
                  cf_temperature: float = 1.0, diversity_temperature: float = 1.0, sinkhorn_epsilon: float = 0.003,
-                 sinkhorn_iters: int = 50, epochs: int = 100, lr: float = 1e-3, batch_size: int = 1024):
+                 sinkhorn_iters: int = 50, epochs: int = 100, lr: float = 1e-3, batch_size: int = 1024,
+                 collision_rounds: int = 20):
         super().__init__(levels, width, seed, hidden=list(hidden or [512, 256, 128]), latent=latent, mu=mu,
                          alpha=alpha, beta=beta, clusters=clusters, cf_temperature=cf_temperature,
                          diversity_temperature=diversity_temperature, sinkhorn_epsilon=sinkhorn_epsilon,
-                         sinkhorn_iters=sinkhorn_iters, epochs=epochs, lr=lr, batch_size=batch_size)
+                         sinkhorn_iters=sinkhorn_iters, epochs=epochs, lr=lr, batch_size=batch_size,
+                         collision_rounds=collision_rounds)
 
     def _quantize(self, quantizer: ResidualQuantizer, z: torch.Tensor, balance_last: bool):
         """Residual quantisation; returns ẑ with straight-through gradients, codes, per-level VQ loss and each
@@ -109,6 +115,7 @@ class LETTER(Tokenizer):
             residual = residual - q.detach()
             codes.append(idx)
             chosen.append(q)
+        loss = loss / len(quantizer.codebooks)  # the mean over levels, as the reference weighs it
         return z + (quantized - z).detach(), torch.stack(codes, 1), loss, chosen
 
     @own_rng
@@ -147,10 +154,27 @@ class LETTER(Tokenizer):
                 loss.backward()
                 optimizer.step()
         with torch.no_grad():
-            z_q, codes, _, _ = self._quantize(quantizer, encoder(data), balance_last=True)
+            z = encoder(data)
+            _, codes, _, _ = self._quantize(quantizer, z, balance_last=False)
+            codes = self._resolve_collisions(quantizer, z, codes)
+            z_q = sum(book[codes[:, level]] for level, book in enumerate(quantizer.codebooks))
             error = float(((decoder(z_q) - data) ** 2).sum(-1).mean())
         books = [b.detach().numpy() for b in quantizer.codebooks]
         return SIDCodes(codes.numpy().astype(np.int64), [self.width] * self.levels, books, error)
+
+    def _resolve_collisions(self, quantizer: ResidualQuantizer, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Re-quantise each group of items that share a whole SID with the balanced last level, for up to
+        `collision_rounds` rounds or until no SID is shared."""
+        codes = codes.clone()
+        for _ in range(self.options["collision_rounds"] if self.options["sinkhorn_epsilon"] > 0 else 0):
+            _, inverse, counts = torch.unique(codes, dim=0, return_inverse=True, return_counts=True)
+            shared = torch.nonzero(counts > 1).flatten()
+            if not len(shared):
+                break
+            for group in shared.tolist():
+                members = torch.nonzero(inverse == group).flatten()
+                codes[members] = self._quantize(quantizer, z[members], balance_last=True)[1]
+        return codes
 
     def _diversity(self, book: torch.Tensor, chosen: torch.Tensor, codes: torch.Tensor, groups: CodeClusters,
                    generator: torch.Generator) -> torch.Tensor:
