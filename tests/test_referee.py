@@ -27,6 +27,9 @@ def test_sasrec_beats_pop_and_the_record_is_complete(tiny_spec, store):
                 "metric_version", "protocol_version", "started_at", "finished_at"):
         assert key in sasrec, key
     assert sasrec["params"] > 0 and sasrec["used"]["epochs"] >= 1
+    # the plugin's CPU time and memory are its worker's, not the referee's
+    assert sasrec["used"]["cpu_seconds"] > 0.1 * sasrec["used"]["train_seconds"] > 0
+    assert sasrec["peak_memory"]["rss_mb"] > 0 and sasrec["isolation"] == "process"
     assert {"p50_ms", "p95_ms", "p99_ms", "users_per_s"} <= set(sasrec["latency"])
     assert sasrec["curves"]["validation"], "validation curve recorded"
     per_user = store.per_user(sasrec["run_id"])

@@ -69,6 +69,7 @@ class Fitted:
     provenance: dict[str, Any] = field(default_factory=dict)
     time_bound: bool = False  # the plugin's clock said exhausted when fit returned
     threads: list[str] = field(default_factory=list)
+    cpu_seconds: float | None = None  # CPU time of fit in the plugin's worker (None: the referee's own process)
     worker: Worker | None = None
 
 
@@ -150,6 +151,7 @@ def fit_in_worker(mode: str, plugin: str, config: dict[str, Any], view: dict[str
                 remote.update(info["state"])
                 out.method, out.provenance = remote, info["provenance"]
                 out.time_bound, out.threads = info["exhausted"], info["threads"]
+                out.cpu_seconds = info["cpu_seconds"]
                 return out
             else:  # ("fit_error", type, message, traceback, non-finite, epochs)
                 _, name, text, tb, non_finite, epochs = message

@@ -284,7 +284,8 @@ def _evaluate(spec: RunSpec, record: dict[str, Any], per_user: dict[str, Any], f
     stages = fitted.provenance.get("stages", [])
     record["used"] = {"train_seconds": round(train_seconds, 3), "epochs": budget.epochs_done, "device": str(device),
                       "wall_seconds": round(time.monotonic() - fit_start, 3),
-                      "cpu_seconds": round(time.process_time() - cpu_start, 3),
+                      "cpu_seconds": round(time.process_time() - cpu_start if fitted.cpu_seconds is None
+                                           else fitted.cpu_seconds, 3),
                       "stage_seconds": round(sum(s["seconds"] for s in stages), 3),
                       "validations": len(validator.curve), "threads": spec.threads or torch.get_num_threads()}
     record["curves"]["validation"] = validator.curve

@@ -290,9 +290,10 @@ def serve(conn) -> None:
         method = cls(setup["config"])
         channel.send(("started",))  # the referee's clock starts here, as the plugin's does
         budget.start()
+        cpu = time.process_time()
         method.fit(view, budget)
         info = {"epochs": budget.epochs_done, "exhausted": budget.exhausted(), "provenance": view.provenance,
-                "state": state_of(method), "threads": _stray_threads()}
+                "state": state_of(method), "threads": _stray_threads(), "cpu_seconds": time.process_time() - cpu}
     except BaseException as exc:  # noqa: BLE001 - whatever fit raised is the plugin's outcome, reported as such
         channel.send(("fit_error", type(exc).__name__, str(exc), traceback.format_exc(limit=8),
                       isinstance(exc, NonFiniteLoss), budget.epochs_done))
