@@ -30,7 +30,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_metrics(tmp_path, 
     process = subprocess.Popen([sys.executable, "-m", "harness", *RESUMABLE, "--runs-dir", str(runs)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 180
-    while not list((runs / "checkpoints").glob("*.pt")) and process.poll() is None and time.monotonic() < deadline:
+    while not list((runs / "checkpoints").glob("*.ckpt")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert process.poll() is None, "the run finished before it could be interrupted"
     os.killpg(process.pid, signal.SIGKILL)  # the run, its forkserver and its worker
@@ -42,7 +42,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_metrics(tmp_path, 
     assert resumed["metrics"] == straight["metrics"] and resumed["used"]["epochs"] == straight["used"]["epochs"]
     assert [p["ndcg@10"] for p in resumed["curves"]["validation"]] == \
         [p["ndcg@10"] for p in straight["curves"]["validation"]]
-    assert not list((runs / "checkpoints").glob("*.pt"))  # a finished run leaves no checkpoint behind
+    assert not list((runs / "checkpoints").glob("*.ckpt"))  # a finished run leaves no checkpoint behind
 
 
 def _sweep(store, scheduler, *more):

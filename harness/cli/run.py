@@ -200,18 +200,9 @@ def make_spec(args: argparse.Namespace, dataset: str, argv: Sequence[str]):
         asked["budget_seconds"] = parse_budget(args.budget)
     if getattr(args, "epochs", None) is not None:
         asked["max_epochs"] = args.epochs
-    if getattr(args, "ks", None):
-        asked["ks"] = args.ks
-    if getattr(args, "device", None):
-        asked["device"] = args.device
-    if getattr(args, "isolation", None):
-        asked["isolation"] = args.isolation
-    if getattr(args, "memory_mb", None):
-        asked["memory_mb"] = args.memory_mb
-    if getattr(args, "checkpoint_every", None):
-        asked["checkpoint_every"] = args.checkpoint_every
-    if getattr(args, "resume", False):
-        asked["resume"] = True
+    for key in ("ks", "device", "isolation", "memory_mb", "checkpoint_every", "resume"):  # only what was given
+        if getattr(args, key, None):
+            asked[key] = getattr(args, key)
     if args.track:
         track = load_track(args.track)
         track.check_dataset(dataset)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import mmap
 import multiprocessing
 import os
 import shutil
@@ -25,7 +24,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import types
@@ -37,7 +35,7 @@ import numpy as np
 import torch
 
 from harness.errors import ConfigError
-from harness.run.worker import from_wire
+from harness.run.worker import BlockBuffer, from_wire
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "sandbox", "process", "none")
@@ -148,37 +146,6 @@ def _clean_start() -> Iterator[None]:
     finally:
         sys.modules["__main__"] = main
         multiprocessing.set_start_method(method, force=True)
-
-
-class BlockBuffer:
-    """A file in /dev/shm mapped by the referee and the worker: score blocks cross in it, one copy in and one copy
-    out, instead of being pickled through the pipe. Made only where /dev/shm has room for it twice over (a full
-    /dev/shm would kill the writer with SIGBUS); removed when the worker is closed."""
-
-    def __init__(self, path: str, size: int, create: bool = False):
-        self.path, self.size = path, size
-        with open(path, "r+b" if not create else "w+b") as handle:
-            if create:
-                handle.truncate(size)
-            self.buf = mmap.mmap(handle.fileno(), size)
-
-    @classmethod
-    def make(cls, size: int) -> "BlockBuffer | None":
-        try:
-            free = os.statvfs("/dev/shm")
-            if size <= 0 or free.f_bavail * free.f_frsize < 2 * size:
-                return None
-            fd, path = tempfile.mkstemp(prefix="harness-blocks-", dir="/dev/shm")
-            os.close(fd)
-            return cls(path, size, create=True)
-        except OSError:
-            return None
-
-    def close(self, remove: bool = False) -> None:
-        self.buf.close()
-        if remove:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
 
 
 def _relay(fields: dict[str, Any]) -> None:

@@ -237,22 +237,26 @@ class Checkpoints:
     def __init__(self, store: RunStore, spec: RunSpec, config_hash: str, split_id: str, validator: Validator):
         key = json.dumps([spec.method, config_hash, split_id, spec.seed, spec.track, spec.budget_seconds,
                           spec.max_epochs, spec.purpose], default=str)
-        self.path = store.runs_dir / "checkpoints" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
+        self.path = store.runs_dir / "checkpoints" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.ckpt"
         self.validator = validator
 
     def save(self, state: bytes) -> None:
+        """One file, replaced whole (a kill mid-write leaves the previous one): the validation curve so far as JSON,
+        then the plugin's state as opaque bytes, which only the worker unpickles."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        curve = json.dumps(self.validator.curve).encode()
         partial = self.path.with_suffix(".partial")
-        torch.save({"state": state, "curve": list(self.validator.curve)}, partial)
-        os.replace(partial, self.path)  # a kill mid-write leaves the previous checkpoint whole
+        partial.write_bytes(len(curve).to_bytes(8, "big") + curve + state)
+        os.replace(partial, self.path)
 
     def restore(self, record: dict[str, Any]) -> bytes | None:
         if not self.path.exists():
             return None
-        saved = torch.load(self.path, weights_only=False)
-        self.validator.curve[:] = saved["curve"]
-        record["resumed"] = {"checkpoint": self.path.name, "validations_before": len(saved["curve"])}
-        return saved["state"]
+        content = self.path.read_bytes()
+        size = int.from_bytes(content[:8], "big")
+        self.validator.curve[:] = json.loads(content[8:8 + size])
+        record["resumed"] = {"checkpoint": self.path.name, "validations_before": len(self.validator.curve)}
+        return content[8 + size:]
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -24,13 +24,16 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import mmap
 import os
 import random
 import resource
 import sys
+import tempfile
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -111,6 +114,37 @@ def from_wire(value: Any) -> Any:
     if isinstance(value, list):
         return [from_wire(v) for v in value]
     return value
+
+
+class BlockBuffer:
+    """A file in /dev/shm mapped by the referee and the worker: score blocks cross in it, one copy in and one copy
+    out, instead of being pickled through the pipe. Made only where /dev/shm has room for it twice over (a full
+    /dev/shm would kill the writer with SIGBUS); removed when the worker is closed."""
+
+    def __init__(self, path: str | Path, size: int, create: bool = False):
+        self.path, self.size = Path(path), size  # a Path: no data (a content digest of the view skips it)
+        with open(path, "r+b" if not create else "w+b") as handle:
+            if create:
+                handle.truncate(size)
+            self.buf = mmap.mmap(handle.fileno(), size)
+
+    @classmethod
+    def make(cls, size: int) -> "BlockBuffer | None":
+        try:
+            free = os.statvfs("/dev/shm")
+            if size <= 0 or free.f_bavail * free.f_frsize < 2 * size:
+                return None
+            fd, path = tempfile.mkstemp(prefix="harness-blocks-", dir="/dev/shm")
+            os.close(fd)
+            return cls(path, size, create=True)
+        except OSError:
+            return None
+
+    def close(self, remove: bool = False) -> None:
+        self.buf.close()
+        if remove:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
 
 def state_of(method: Method | None) -> dict[str, Any]:
@@ -274,7 +308,6 @@ def serve(conn) -> None:
     budget = Budget(setup["budget_seconds"], setup["max_epochs"])
     channel = Channel(conn, budget, device, setup["valid"])
     if setup.get("blocks"):
-        from harness.run.isolation import BlockBuffer
         channel.blocks = BlockBuffer(*setup["blocks"])
     root = logging.getLogger()
     root.handlers[:] = [_ToReferee(channel)]
