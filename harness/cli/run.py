@@ -324,7 +324,8 @@ def summary(record: dict[str, Any]) -> str:
     head = (f"run {record['run_id']}  status={record['status']}\n"
             f"method={record['method']} dataset={record['dataset']} seed={record['seed']} "
             f"split_id={record['split_id'][:12]}  train {record['used'].get('train_seconds')}s, "
-            f"{record['used'].get('epochs')} epochs on {record['used'].get('device')}")
+            f"{record['used'].get('epochs')} epochs on {record['used'].get('device')}, "
+            f"plugin isolation: {record.get('isolation')}")
     lat = record.get("latency") or {}
     tail = (f"latency p50 {lat.get('p50_ms')} ms  p99 {lat.get('p99_ms')} ms  {lat.get('users_per_s')} users/s   "
             f"params {record.get('params')}") if lat else ""
