@@ -9,7 +9,8 @@ averaged over elements (the scale α and β are set for):
 - β · diversity loss: each level's codebook is grouped into clusters by size-constrained k-means (re-clustered every
   epoch); an item's quantised vector is pulled, by cross-entropy over the codebook, toward another code of its
   code's cluster, which spreads items over codes instead of piling them on a few;
-- the last level assigns codes by Sinkhorn-balanced optimal transport (equal mass per code) during training.
+- the last level assigns codes by Sinkhorn-balanced optimal transport (equal mass per code) during training;
+- codebooks start from size-constrained k-means (`constrained_init`).
 
 Indexing, as the reference's index generation does: every item takes its nearest code at every level; then, for up
 to `collision_rounds` rounds, each group of items sharing a whole SID is quantised again on its own with the
@@ -48,6 +49,28 @@ def sinkhorn_codes(residual: torch.Tensor, book: torch.Tensor, epsilon: float, i
     return sinkhorn_plan(residual, book, epsilon, iterations).argmax(dim=1)
 
 
+def constrained_init(quantizer: ResidualQuantizer, z: torch.Tensor, seed: int) -> None:
+    """Each level's codebook from size-constrained k-means of that level's residuals, as the reference initialises
+    it: k-means centres, then every point to its nearest centre with room (at most 4 × min(n / 2W, 50) points per
+    code), and each code the mean of its points, so that no code starts out holding a crowd."""
+    residual = z.clone()
+    for level, book in enumerate(quantizer.codebooks):
+        points = residual.cpu().numpy()
+        width = book.shape[0]
+        labels, centers = kmeans(points, width, seed + level)
+        capacity = 4 * max(1, min(len(points) // (2 * width), 50))
+        if len(centers) == width and capacity * width >= len(points):
+            labels = balanced_assign(points, centers, capacity)
+            for code in np.unique(labels):
+                centers[code] = points[labels == code].mean(axis=0)
+        filled = torch.as_tensor(centers, dtype=book.dtype)
+        if len(filled) < width:  # fewer distinct points than codes: pad with jittered copies, as k-means init does
+            extra = filled[torch.randint(len(filled), (width - len(filled),))]
+            filled = torch.cat([filled, extra + 1e-3 * torch.randn_like(extra)])
+        book.copy_(filled)
+        residual -= book[torch.as_tensor(labels)]
+
+
 def cf_loss(quantized: torch.Tensor, collaborative: torch.Tensor, temperature: float) -> torch.Tensor:
     """In-batch InfoNCE: item i's quantised latent should score its own collaborative embedding above those of the
     other items of the batch (dot products over a temperature)."""
@@ -84,6 +107,7 @@ class CodeClusters:
 @tokenizer("letter")
 class LETTER(Tokenizer):
     uses_collaborative = True
+    revision = 1  # size-constrained codebook initialisation
 
     def __init__(self, levels=4, width=256, seed=0, hidden: list[int] | None = None, latent: int = 32,
                  mu: float = 0.25, alpha: float = 0.02, beta: float = 0.0001, clusters: int = 10,
@@ -135,7 +159,7 @@ class LETTER(Tokenizer):
         decoder = mlp([o["latent"], *reversed(o["hidden"]), x.shape[1]])
         quantizer = ResidualQuantizer(self.levels, self.width, o["latent"])
         with torch.no_grad():
-            quantizer.init_kmeans(encoder(data), self.seed)
+            constrained_init(quantizer, encoder(data), self.seed)
         params = [*encoder.parameters(), *decoder.parameters(), *quantizer.parameters()]
         optimizer = torch.optim.Adam(params, lr=o["lr"])
         for epoch in range(o["epochs"]):

@@ -42,6 +42,7 @@ class SIDCodes:
 class Tokenizer:
     name = ""
     uses_collaborative = False  # True: `fit(x, collaborative)` also reads collaborative item embeddings
+    revision = 0  # raised when a change of the code changes the codes the same options give (a new cache key)
 
     def __init__(self, levels: int = 3, width: int = 256, seed: int = 0, **options: Any):
         if levels < 1 or width < 2:
@@ -49,7 +50,11 @@ class Tokenizer:
         self.levels, self.width, self.seed, self.options = levels, width, seed, options
 
     def identity(self) -> dict[str, Any]:
-        return {"tokenizer": self.name, "levels": self.levels, "width": self.width, "seed": self.seed, **self.options}
+        """What makes two fits the same fit (the SID cache's key): the options, and the algorithm's revision once
+        its code has changed what the same options compute."""
+        revision = {"revision": self.revision} if self.revision else {}
+        return {"tokenizer": self.name, "levels": self.levels, "width": self.width, "seed": self.seed, **self.options,
+                **revision}
 
     def fit(self, x: np.ndarray) -> SIDCodes:
         raise NotImplementedError
