@@ -51,7 +51,8 @@ def sandbox_problem() -> str | None:
     if exe is None:
         return "bubblewrap is not installed (Debian package `bubblewrap`)"
     try:
-        probe = subprocess.run([exe, "--ro-bind", "/", "/", "--unshare-net", "--die-with-parent", "true"],
+        # the same kinds of mounts a worker's sandbox makes (sandbox_args), on a program that must then run
+        probe = subprocess.run([exe, *sandbox_args([], []), "--", sys.executable, "-c", "pass"],
                                capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError) as exc:
         return f"bwrap did not run: {exc}"
