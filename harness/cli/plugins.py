@@ -24,7 +24,7 @@ def add_commands(sub) -> dict[str, Any]:
     val.add_argument("method")
     val.add_argument("--json", action="store_true", help="print the report as JSON")
     val.add_argument("--out", default=None, help="also write the JSON report to this file")
-    val.add_argument("--isolation", default=None, choices=("auto", "sandbox", "process", "none"),
+    val.add_argument("--isolation", default=None, metavar="MODE",
                      help="where the plugin runs (default: $HARNESS_ISOLATION or auto, as for harness run)")
 
     sub_ = sub.add_parser("submit", help="validate, run a track's seeds, write a submission bundle")

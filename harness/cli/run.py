@@ -54,10 +54,10 @@ def add_commands(sub) -> dict[str, Any]:
     run.add_argument("--track", default=None, help="run under a track's pins (datasets, protocol, budget, device, "
                      "cut-offs, seeds, method sizes); see leaderboards/tracks/")
     run.add_argument("--device", default=None, help="auto (GPU if present; the default), cpu, cuda, cuda:1 ...")
-    run.add_argument("--isolation", default=None, choices=("auto", "sandbox", "process", "none"),
-                     help="where the plugin runs: a bubblewrap sandbox, a worker process, or (none: debugging "
-                     "only, never published) the harness's own process; default $HARNESS_ISOLATION or auto "
-                     "(sandbox where bwrap works, else process)")
+    run.add_argument("--isolation", default=None, metavar="MODE",
+                     help="where the plugin runs: sandbox (bubblewrap), process (a worker process of its own) or "
+                     "none (the harness's own process: debugging only, never published); default "
+                     "$HARNESS_ISOLATION or auto (sandbox where bwrap works, else process)")
     run.add_argument("--checkpoint-every", type=int, default=None, metavar="EPOCHS",
                      help="keep a checkpoint of the training state every EPOCHS epochs (shared training loop)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint (same "
