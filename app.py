@@ -119,6 +119,9 @@ def leaderboard_view(results: ResultSet) -> None:
     subset = results.subset(lambda r: str(r.get("track")) == track and r["dataset"] == dataset)
     ks = subset.records[0].get("eval", {}).get("ks") or [5, 10, 20, 50]
     ranking = [m for m in ("auc", "gauc") if any(m in r["metrics"].get("test", {}) for r in subset.records)]
+    # metric_version 3: expected credit within collision groups, where the records have it
+    ranking += [m for m in [f"item_ndcg@{k}" for k in ks] + [f"item_recall@{k}" for k in ks]
+                if any(m in r["metrics"].get("test", {}) for r in subset.records)]
     metric = st.selectbox("Metric for ties and plots", [f"ndcg@{k}" for k in ks] + [f"recall@{k}" for k in ks]
                           + ranking, index=min(1, len(ks) - 1))  # AUC where the protocol has labelled exposures
     rows = leaderboard_rows(subset, ks, metric, min_seeds=track_seeds(track))
@@ -169,9 +172,12 @@ def leaderboard_view(results: ResultSet) -> None:
     generative = [r for r in shown if "invalid_sid_rate" in r.get("diagnostics", {})]
     if generative:
         st.subheader("Generative diagnostics")
-        keys = ["invalid_sid_rate", "mean_group_size_returned", "topk_duplicates_rate", "sid_recall@10", "item_recall@10"]
+        keys = ["invalid_sid_rate", "mean_group_size_returned", "topk_duplicates_rate", "sid_recall@10"]
+        # item level: pessimistic in collision groups (recall@10) and expected (item_recall@10, metric_version 3)
         st.dataframe(pd.DataFrame([{"method": name_of[r["run_id"]], "seed": r.get("seed"),
-                                    **{k: r["diagnostics"].get(k) for k in keys}} for r in generative]),
+                                    **{k: r["diagnostics"].get(k) for k in keys},
+                                    **{k: r["metrics"].get("test", {}).get(k) for k in ("recall@10", "item_recall@10")}}
+                                   for r in generative]),
                      hide_index=True)
     curves = [(r, c) for r in shown for c in (r.get("curves") or {}).get("validation", [])]
     if curves:
@@ -199,7 +205,9 @@ def compare_view(results: ResultSet) -> None:
         return
     ks = subset.records[0].get("eval", {}).get("ks") or [5, 10, 20, 50]
     rows = []
-    for metric in [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks]:
+    item = [m for k in ks for m in (f"item_recall@{k}", f"item_ndcg@{k}")
+            if all(any(m in r["metrics"].get("test", {}) for r in recs) for recs in (groups[a], groups[b]))]
+    for metric in [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + item:
         try:
             pair = compare_rows(subset, {a: groups[a], b: groups[b]}, metric, "wilcoxon", "holm", 0.05)
         except HarnessError as exc:  # e.g. rows of different splits cannot be paired

@@ -5,11 +5,13 @@ Feature assignment (Table 1):
   our addition for small catalogues) → VQ encoder → e_v → residual codes s_1..s_L (the SID);
 - Type II, request features: the user's profile and exposure history (DIN target attention inside the Mixer);
 - Type III, u2i cross features c_{u,v} (`harness.features.cross`, prefix-accumulated): full in the ranking path;
-  in the retrieval path replaced by u2t^(l), the batch mean of c over items sharing the SID prefix (training), or by
+  in the retrieval path replaced by u2t^(l)(u), the mean of c_{u,·} over the user's batch rows whose items share the
+  SID prefix (eq. 13, training; `u2t_teacher: batch-mean` pools every user's rows instead), or by
   MLP_u2t^(l)([e_u; e_sid^(1:l)]) distilled from it (inference).
 
 Tokenizer (§3.2): codebooks address (EMA, argmin), SID embeddings express (learned); a balanced k-means tree gives
-the starting codes (zero collisions); codes are re-assigned by argmin at each epoch start (not in `fixed_sids`).
+the starting codes (zero collisions) and its per-prefix means the codebooks, so an argmin on unchanged embeddings
+returns the tree's codes; codes are re-assigned by argmin at each epoch start (not in `fixed_sids`).
 Our schedule departs from per-step assignment: a per-epoch table keeps SIDs stable within an epoch and makes the
 zero-collision start a checkable state.
 
@@ -33,6 +35,7 @@ from torch import nn
 
 from harness.api import Budget, ExposureHistory, Method, TopK, TrainView, register
 from harness.engines.training import train_with_validation
+from harness.errors import ConfigError
 from harness.features import embed_items
 from harness.features.cross import (AFTER_ALL, CROSS_FEATURES, ItemHistory, candidate_queries, cross_features,
                                     exposures_from_sequences, feature_priors)
@@ -41,6 +44,7 @@ from harness.sid.ema_rq import AddressingQuantizer
 from harness.sid.tokenizers import make_tokenizer
 
 N_CROSS = len(CROSS_FEATURES)
+U2T_TEACHERS = ("per-user", "batch-mean")
 ITEM_COLUMNS = slice(6, 8)  # the item-level cross features (popularity and like rate so far)
 
 
@@ -83,9 +87,12 @@ class DIGNet(nn.Module):
         return self.u2t[level](torch.cat([e_u, prefix], dim=-1))
 
 
-def bucket_means(values: torch.Tensor, codes: torch.Tensor, level: int) -> torch.Tensor:
-    """u2t^(l) of each row: the mean of `values` over the batch rows whose SID prefix s_1..s_l equals its own (eq. 13)."""
-    _, bucket = torch.unique(codes[:, :level + 1], dim=0, return_inverse=True)
+def bucket_means(values: torch.Tensor, codes: torch.Tensor, level: int,
+                 users: torch.Tensor | None = None) -> torch.Tensor:
+    """u2t^(l)(u) of each row: the mean of `values` over the batch rows of the same user whose SID prefix s_1..s_l
+    equals its own (eq. 13); without `users`, over every batch row with that prefix."""
+    key = codes[:, :level + 1] if users is None else torch.cat([users[:, None], codes[:, :level + 1]], dim=1)
+    _, bucket = torch.unique(key, dim=0, return_inverse=True)
     sums = torch.zeros(int(bucket.max()) + 1, values.shape[1], device=values.device).index_add_(0, bucket, values)
     counts = torch.bincount(bucket).clamp(min=1)
     return (sums / counts[:, None])[bucket]
@@ -165,6 +172,8 @@ class DIG(Method):
     # ---- training ---------------------------------------------------------------------------------------------
     def fit(self, train: TrainView, budget: Budget) -> None:
         cfg = self.config
+        if cfg["u2t_teacher"] not in U2T_TEACHERS:
+            raise ConfigError(f"dig: u2t_teacher must be one of {', '.join(U2T_TEACHERS)}, got {cfg['u2t_teacher']!r}")
         self.device = train.device
         rng = np.random.default_rng(train.seed)
         self.exposures = train.exposures
@@ -220,6 +229,8 @@ class DIG(Method):
 
         train_with_validation(self, self.net, train, budget, optimizer, batches, loss_of, cfg)
         self.code_history.append(self._code_stats(None))
+        # items sharing a final SID form one group: the beam-order view then gets expected credit within it
+        self.item_group = np.unique(self.net.codes.cpu().numpy(), axis=0, return_inverse=True)[1].reshape(-1)
 
     def losses(self, users, items, labels, exposure, cross, hist_items, hist_labels, user_feats) -> dict[str, torch.Tensor]:
         """The five losses of eq. 8 on one batch (and the EMA step of the codebooks, outside the gradient)."""
@@ -235,8 +246,9 @@ class DIG(Method):
         prefixes = net.quantizer.prefix_embeddings(codes)
         layers = range(cfg["levels"]) if cfg["recall_layers"] == "all" else [cfg["levels"] - 1]
         recall, u2t = zero, zero
+        per_user = users if cfg["u2t_teacher"] == "per-user" else None
         for level in range(cfg["levels"]):
-            teacher = bucket_means(cross, codes, level)
+            teacher = bucket_means(cross, codes, level, per_user)
             if level in layers:
                 logit = net.mixer(e_u, history, mask, prefixes[:, level], teacher, "recall")
                 recall = recall + F.binary_cross_entropy_with_logits(logit, labels) / len(layers)

@@ -188,3 +188,37 @@ def test_edge_cases_of_rows_are_named_not_crashes():
                      + [_record(f"b{s}", "tiger", s, 0.2) for s in range(3)])
     groups = tied.groups()
     assert ranking(tied, groups)[0] == {"tiger"}  # one row per split: the lexically first split id wins the tie
+
+
+def test_item_metrics_are_shown_beside_the_pessimistic_ones_and_recomputed_from_stored_groups(tmp_path):
+    """metric_version 3: item_recall / item_ndcg (expected credit in collision groups) sit beside recall / ndcg on
+    the leaderboard and the tokenizer comparison, and follow from the stored per-user group slot and size."""
+    import numpy as np
+
+    from harness.board.tables import leaderboard_rows, pool_views
+
+    def gr(run_id, seed, recall, item):
+        record = _record(run_id, "gr", seed, recall, _report(0.3, 5.0))
+        record["metrics"]["test"].update({"item_recall@10": item, "item_ndcg@10": item / 2})
+        return record
+    records = [gr(f"g{s}", s, 0.10, 0.15) for s in range(3)] + [_record(f"t{s}", "tiger", s, 0.2) for s in range(3)]
+    rows = {r["method"]: r for r in leaderboard_rows(ResultSet(records=records), [10], "recall@10")}
+    assert list(rows["gr"])[list(rows["gr"]).index("ndcg@10") + 1:][:2] == ["item_recall@10", "item_ndcg@10"]
+    assert rows["gr"]["item_recall@10"].startswith("0.1500") and rows["gr"]["recall@10"].startswith("0.1000")
+    assert rows["tiger"]["item_recall@10"] == "-"  # a record without them (an older metric_version) shows none
+    # the leaderboard of records without item metrics has no such columns
+    assert "item_recall@10" not in leaderboard_rows(ResultSet(records=records[3:]), [10], "recall@10")[0]
+    figures = {row["figure"]: row for row in tokenizer_rows({"gr": records[:3]})}
+    assert figures["item_recall@10"]["gr"].startswith("0.1500") and figures["recall@10"]["gr"].startswith("0.1000")
+    # Gryphon's pool table gets the expected-credit row of its beam-order view
+    record = {"diagnostics": {"sid_recall@10": 0.3, "beam_ranked/recall@10": 0.2, "beam_ranked/item_recall@10": 0.25},
+              "metrics": {"test": {"recall@10": 0.22}}}
+    assert "expected in collision groups" in pool_views(record) and "0.2500" in pool_views(record)
+    # per-user item metrics are recomputed from the published rank, group slot and group size
+    record = {**records[0], "eval": {"ks": [1, 3]}}
+    path = tmp_path / f"{record['run_id']}.npz"
+    np.savez_compressed(path, **{"test/rank": np.array([2, 0, -1]), "test/group_slot": np.array([0, 0, -1]),
+                                 "test/group_size": np.array([3, 1, 0])})
+    per_user = ResultSet(records=[record], sources={record["run_id"]: path}).per_user(record)
+    assert per_user["recall@1"].tolist() == [0, 1, 0] and per_user["recall@3"].tolist() == [1, 1, 0]
+    assert np.allclose(per_user["item_recall@1"], [1 / 3, 1, 0]) and np.allclose(per_user["item_recall@3"], [1, 1, 0])

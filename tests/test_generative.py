@@ -105,3 +105,89 @@ def test_generative_methods_beat_pop_on_synthetic(method, extra, tiny_spec, stor
     assert record["features"]["sids"][0]["tokenizer"]["tokenizer"] == "rkmeans"
     if method == "gr":
         assert diag["sid_recall@10"] >= record["metrics"]["test"]["recall@10"]  # a group hit ⊇ the item hit
+
+
+def test_tiger_recipes_resolve_to_their_documented_values():
+    """`recipe=paper` is TIGER's published schedule (methods/tiger.yaml names the source of each value); the default
+    recipe is the config as it was; the smoke / cpu-small / cpu-labelled rows pin that default and raw RQ-VAE inputs."""
+    from harness.config import merge_config
+    from harness.registry import get
+    from harness.run.spec import RunSpec
+    from harness.run.tracks import load_track
+    from harness.sid.tokenizers import make_tokenizer
+    tiger = get("tiger")
+    default = merge_config(tiger.default_config, {}, "tiger", tiger.recipes)
+    assert default == tiger.default_config and default["recipe"] == "default"
+    assert (default["optimizer"], default["lr"], default["lr_schedule"], default["max_steps"]) == \
+        ("adam", 0.0005, "linear-warmup", 0)
+    paper = merge_config(tiger.default_config, {"recipe": "paper"}, "tiger", tiger.recipes)
+    assert {k: paper[k] for k in ("optimizer", "lr", "lr_schedule", "warmup_steps", "weight_decay", "max_steps",
+                                  "batch_size", "dropout")} == {
+        "optimizer": "adagrad", "lr": 0.01, "lr_schedule": "rsqrt", "warmup_steps": 10000, "weight_decay": 0.0,
+        "max_steps": 200000, "batch_size": 256, "dropout": 0.1}
+    assert paper["tokenizer"] == "rqvae" and paper["tokenizer_options"] == {
+        "optimizer": "adagrad", "lr": 0.4, "epochs": 20000, "batch_size": 1024, "kmeans_init": "first-batch",
+        "hidden": [512, 256, 128], "latent": 32, "beta": 0.25, "restart_every": 10}
+    assert paper["rqvae_standardize"] is True
+    make_tokenizer("rqvae", levels=3, width=256, **paper["tokenizer_options"])  # every option is the tokenizer's
+    toys = merge_config(tiger.default_config, {"recipe": "paper", "max_steps": 100000}, "tiger", tiger.recipes)
+    assert toys["max_steps"] == 100000 and toys["optimizer"] == "adagrad"
+    for track, tokenizer_options in [("smoke", {}), ("cpu-small", {"epochs": 100}), ("cpu-labelled", {"epochs": 100})]:
+        t = load_track(track)
+        spec = RunSpec.for_track(t, "tiger", t.datasets[0])
+        cfg = merge_config(tiger.default_config, spec.track_overrides, "tiger", tiger.recipes)
+        assert cfg["recipe"] == "default" and cfg["optimizer"] == "adam" and cfg["lr_schedule"] == "linear-warmup"
+        assert cfg["max_steps"] == 0 and cfg["tokenizer_options"] == tokenizer_options, track
+        assert tiger(cfg).tokenizer_options() == {**tokenizer_options, "standardize": False}, track
+    # TIGER standardises its RQ-VAE's inputs unless told not to, and gives another tokenizer its options as they are
+    assert tiger(default).tokenizer_options() == {"standardize": True}
+    assert tiger({**default, "tokenizer_options": {"standardize": False}}).tokenizer_options() == {"standardize": False}
+    assert tiger({**default, "tokenizer": "rkmeans"}).tokenizer_options() == {}
+    assert merge_config(tiger.default_config, {"recipe": "grid"}, "tiger", tiger.recipes)["tokenizer_options"] == {}
+
+
+def test_lr_schedules_and_optimizers():
+    """linear-warmup is the engine's schedule as it was; rsqrt is T5's: lr for the first warm-up steps, then
+    lr·√(warm-up / step), so TIGER's 0.01 over 10k steps is 1 / √max(step, 10⁴)."""
+    from harness.engines.training import lr_multiplier, make_optimizer
+    from harness.errors import ConfigError
+    old = lambda s, warmup=100: min(1.0, (s + 1) / max(1, warmup))  # noqa: E731  (generative.py before rsqrt)
+    linear = lr_multiplier("linear-warmup", 100)
+    assert all(linear(s) == old(s) for s in range(0, 1000, 7))
+    assert lr_multiplier("linear-warmup", 0)(0) == old(0, 0) == 1.0
+    rsqrt = lr_multiplier("rsqrt", 10000)
+    for step in (1, 5000, 10000, 10001, 40000, 200000):
+        assert 0.01 * rsqrt(step - 1) == pytest.approx(1 / np.sqrt(max(step, 10000)))
+    with pytest.raises(ConfigError):
+        lr_multiplier("cosine", 10)
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert type(make_optimizer("adagrad", params, 0.01)) is torch.optim.Adagrad
+    assert type(make_optimizer("adam", params, 0.01, 1e-6)) is torch.optim.Adam
+    assert type(make_optimizer("adamw", params, 0.01)) is torch.optim.AdamW
+    with pytest.raises(ConfigError):
+        make_optimizer("sgd", params, 0.01)
+
+
+def test_max_steps_caps_the_shared_training_loop():
+    """max_steps ends training after that many optimiser steps, mid-epoch too, and the state it left is validated;
+    without it the loop runs its epochs as before."""
+    from types import SimpleNamespace
+    from harness.api import Budget
+    from harness.engines.training import train_with_validation
+    module = torch.nn.Linear(2, 1)
+    validated = []
+    train = SimpleNamespace(load_checkpoint=lambda: None, checkpoint_every=0, device=torch.device("cpu"),
+                            validate=lambda method: validated.append(1) or {"ndcg@10": float(len(validated))})
+    method = SimpleNamespace(name="stub")
+    steps = []
+
+    def loss_of(batch):
+        steps.append(batch)
+        return module(torch.ones(1, 2)).sum()
+    cfg = {"epochs": 5, "eval_every": 1, "valid_metric": "ndcg@10", "patience": 100}
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.0)
+    for max_steps, expected_steps, expected_validations in [(0, 5 * 4, 5), (6, 6, 2), (8, 8, 2)]:
+        steps.clear(), validated.clear()
+        train_with_validation(method, module, train, Budget(), optimizer, lambda: range(4), loss_of,
+                              {**cfg, "max_steps": max_steps})
+        assert len(steps) == expected_steps and len(validated) == expected_validations, max_steps

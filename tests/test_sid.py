@@ -155,3 +155,103 @@ def test_sids_report_cli_prints_and_stores(tmp_path, capsys):
     stored = list((tmp_path / "sids").glob("synthetic-rkmeans-*.json"))
     report = json.loads(stored[0].read_text())
     assert report["items"] == 400 and len(report["per_level"]) == 2 and report["neighbourhood"]
+
+
+def test_sids_report_prints_collision_groups_and_letter_resolution(tmp_path, capsys, monkeypatch):
+    """Every tokenizer's report shows the items in collision groups and the largest group; LETTER's also shows them
+    before and after its collision-resolution rounds, from a cache miss and from a cache hit alike."""
+    from harness.cli.main import main
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    code = main(["sids", "report", "--dataset", "synthetic", "--levels", "2", "--width", "8", "--embedder-set",
+                 "dim=16", "--runs-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    stored = json.loads(next((tmp_path / "sids").glob("synthetic-rkmeans-*.json")).read_text())
+    assert code == 0
+    assert (f"collisions: items in collision groups {stored['items_in_collisions']} "
+            f"({stored['collisions']['collision_groups']} groups), largest group {stored['largest_group']} items") in out
+    assert stored["collision_resolution"] is None and "collision resolution" not in out
+    letter = ["sids", "report", "--dataset", "synthetic", "--tokenizer", "letter", "--levels", "2", "--width", "16",
+              "--embedder-set", "dim=16", "--set", "epochs=1", "--set", "latent=8", "--set", "hidden=[16]",
+              "--set", "collision_rounds=3", "--runs-dir", str(tmp_path)]
+    letter += [f"--collaborative-set={option}" for option in ("dim=8", "epochs=1", "blocks=1", "heads=1", "max_len=10")]
+    for cached in (False, True):
+        assert main(letter) == 0
+        out = capsys.readouterr().out
+        report = json.loads(next((tmp_path / "sids").glob("synthetic-letter-*.json")).read_text())
+        assert report["tokenizer"]["cached"] is cached
+        resolution = report["collision_resolution"]
+        assert resolution["rounds_allowed"] == 3 and 0 <= resolution["rounds_run"] <= 3
+        before, after = resolution["before"], resolution["after"]
+        # the figures after resolution are those of the final codes the report measures
+        assert (after["items_in_collisions"], after["largest_group"], after["unique_sids"]) == (
+            report["items_in_collisions"], report["largest_group"], report["unique_sids"])
+        assert "collisions: items in collision groups" in out
+        assert f"letter collision resolution: {resolution['rounds_run']} of 3 rounds run" in out
+        assert (f"before resolution: items in collision groups {before['items_in_collisions']} "
+                f"({before['collision_groups']} groups), largest group {before['largest_group']} items") in out
+        assert (f"after resolution:  items in collision groups {after['items_in_collisions']} "
+                f"({after['collision_groups']} groups), largest group {after['largest_group']} items") in out
+
+
+def test_letter_codes_keep_collision_figures_before_and_after_resolution():
+    from harness.sid.letter import collision_figures
+    x = np.random.default_rng(0).normal(size=(48, 12)).astype(np.float32)
+    cf = np.random.default_rng(1).normal(size=(48, 8)).astype(np.float32)
+    codes = make_tokenizer("letter", levels=2, width=4, epochs=1, latent=8, hidden=[16], collision_rounds=3).fit(x, cf)
+    resolution = codes.info["collision_resolution"]
+    assert resolution["rounds_allowed"] == 3 and 0 <= resolution["rounds_run"] <= 3
+    assert resolution["after"] == collision_figures(torch.as_tensor(codes.codes))
+    _, sizes = np.unique(codes.codes, axis=0, return_counts=True)
+    assert resolution["after"]["largest_group"] == sizes.max()
+    assert resolution["after"]["items_in_collisions"] == sizes[sizes > 1].sum()
+    before = resolution["before"]
+    assert before["items_in_collisions"] <= 48 and before["largest_group"] >= 48 // 16  # 16 SIDs for 48 items
+    none = make_tokenizer("letter", levels=2, width=4, epochs=1, latent=8, hidden=[16], collision_rounds=0).fit(x, cf)
+    assert none.info["collision_resolution"]["rounds_run"] == 0
+    assert none.info["collision_resolution"]["before"] == none.info["collision_resolution"]["after"]
+
+
+RQVAE_FAST = {"levels": 2, "width": 8, "seed": 3, "epochs": 3, "hidden": [32], "latent": 8, "batch_size": 64}
+
+
+def test_rqvae_standardize_fits_the_standardised_matrix():
+    """standardize=true fits the per-dimension z-scores: the same codes as fitting `standardise(x)` with it off (the
+    default, which keeps the codes the tokenizer gave before the option). The option is in the cache identity."""
+    from harness.sid.tokenizers import standardise
+    x = clustered(n=300, dim=16) * np.linspace(0.01, 2.0, 16, dtype=np.float32) + 5.0  # uneven scales, off-centre
+    on = make_tokenizer("rqvae", **RQVAE_FAST, standardize=True)
+    fitted = on.fit(x)
+    by_hand = make_tokenizer("rqvae", **RQVAE_FAST, standardize=False).fit(standardise(x))
+    np.testing.assert_array_equal(fitted.codes, by_hand.codes)
+    assert fitted.recon_error == pytest.approx(by_hand.recon_error)
+    raw = make_tokenizer("rqvae", **RQVAE_FAST)
+    assert raw.options["standardize"] is False and on.identity() != raw.identity()
+
+
+def test_rqvae_epochs_optimizer_and_kmeans_init_are_honoured(monkeypatch):
+    """`epochs` passes over the items (⌈n / batch⌉ steps each), `optimizer` picks the optimiser, and
+    `kmeans_init=first-batch` starts the codebooks from one batch's latents only (TIGER §4.1)."""
+    from harness.sid import tokenizers
+    steps = {"adam": 0, "adagrad": 0}
+
+    def counting(base, name):
+        class Counting(base):
+            def step(self, *args, **kwargs):
+                steps[name] += 1
+                return super().step(*args, **kwargs)
+        return Counting
+    for name in steps:
+        monkeypatch.setitem(tokenizers.QUANTIZER_OPTIMIZERS, name,
+                            counting(tokenizers.QUANTIZER_OPTIMIZERS[name], name))
+    seen = []
+    original = tokenizers.ResidualQuantizer.init_kmeans
+    monkeypatch.setattr(tokenizers.ResidualQuantizer, "init_kmeans",
+                        lambda self, z, seed: (seen.append(len(z)), original(self, z, seed))[1])
+    x = clustered(n=300, dim=16)
+    make_tokenizer("rqvae", **{**RQVAE_FAST, "epochs": 4}).fit(x)
+    assert steps == {"adam": 4 * 5, "adagrad": 0} and seen == [300]  # ⌈300 / 64⌉ = 5 batches an epoch
+    make_tokenizer("rqvae", **{**RQVAE_FAST, "epochs": 2}, optimizer="adagrad", lr=0.4,
+                   kmeans_init="first-batch").fit(x)
+    assert steps == {"adam": 20, "adagrad": 2 * 5} and seen == [300, 64]
+    with pytest.raises(Exception, match="optimizer"):
+        make_tokenizer("rqvae", **RQVAE_FAST, optimizer="sgd").fit(x)

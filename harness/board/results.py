@@ -2,7 +2,8 @@
 grouped into board rows, with per-user arrays for paired statistics.
 
 Published boards keep, per run, the record (JSONL) and the per-user ranks (`per_user/<run_id>.npz`): every metric at
-every cut-off is recomputed from the rank, so a published board supports the same paired tests as the local store.
+every cut-off is recomputed from the rank (the `item_` metrics from the target's collision-group slot and size, kept
+beside it since metric_version 3), so a published board supports the same paired tests as the local store.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 
 import harness
 from harness.board.store import RunStore
-from harness.metrics import metrics_from_ranks
+from harness.metrics import metrics_from_groups, metrics_from_ranks
 from harness.paths import LEADERBOARDS_DIR
 from harness.schema import EVALUATED, RecordError, check_record
 
@@ -89,7 +90,13 @@ class ResultSet:
         ranks_f = torch.as_tensor(ranks.astype(np.float64))
         ranks_f[ranks_f < 0] = float("inf")
         ks = record.get("eval", {}).get("ks") or [5, 10, 20, 50]
-        return metrics_from_ranks(ranks_f, ks)
+        out = metrics_from_ranks(ranks_f, ks)
+        stored = _stored_metrics(self, record, stage) or {}
+        if "group_slot" in stored and "group_size" in stored:  # metric_version 3: expected credit in collision groups
+            slots = torch.as_tensor(stored["group_slot"].astype(np.float64))
+            slots[slots < 0] = float("inf")
+            out.update(metrics_from_groups(slots, torch.as_tensor(stored["group_size"].astype(np.int64)), ks))
+        return out
 
     def groups(self) -> dict[str, list[dict[str, Any]]]:
         """Board rows: records that are comparable (`row_key`) and share a label, one record per seed."""
@@ -237,6 +244,9 @@ def export_board(results: ResultSet, track: str, dataset: str, out_dir: Path, ta
                 per_user = _ranks(results, record, stage)
                 if per_user is not None:
                     arrays[f"{stage}/rank"] = per_user
+                    stored = _stored_metrics(results, record, stage) or {}
+                    arrays.update({f"{stage}/{name}": stored[name] for name in ("group_slot", "group_size")
+                                   if name in stored})
                 else:  # labelled protocol: the per-user metrics themselves (several targets per user)
                     arrays.update({f"{stage}/{name}": values
                                    for name, values in (_stored_metrics(results, record, stage) or {}).items()})

@@ -74,6 +74,7 @@ def leaderboard_rows(results: ResultSet, ks: Sequence[int], primary: str, correc
         method_results(results, {k: v for k, v in groups.items() if k in ranked}, primary),
         correction=correction, alpha=alpha, n_boot=1000)}
     disagree = results.reruns()
+    reported = {name for records in groups.values() for r in records for name in r["metrics"].get("test", {})}
     rows = []
     for label, records in groups.items():
         test = [r["metrics"]["test"] for r in records]
@@ -85,6 +86,10 @@ def leaderboard_rows(results: ResultSet, ks: Sequence[int], primary: str, correc
         for k in ks:
             for name in (f"recall@{k}", f"ndcg@{k}"):
                 row[name] = _ci([t[name] for t in test if name in t])
+            # metric_version 3: expected credit within collision groups, beside the pessimistic pair
+            for name in (f"item_recall@{k}", f"item_ndcg@{k}"):
+                if name in reported:
+                    row[name] = _ci([t[name] for t in test if name in t])
         for name in ("auc", "gauc", "logloss", "recall_auc"):  # labelled protocol
             if any(name in t for t in test):
                 row[name] = _ci([t[name] for t in test if name in t])
@@ -192,6 +197,9 @@ def pool_views(record: dict[str, Any]) -> str | None:
     rows = [["SID-level (beam scores)", *[diag.get(f"sid_recall@{k}", float("nan")) for k in ks]],
             ["item-level (beam scores)", *[diag[f"beam_ranked/recall@{k}"] for k in ks]],
             ["item-level (item scorer)", *[test.get(f"recall@{k}", float("nan")) for k in ks]]]
+    if any(f"beam_ranked/item_recall@{k}" in diag for k in ks):  # metric_version 3
+        rows.insert(2, ["item-level (beam scores, expected in collision groups)",
+                        *[diag.get(f"beam_ranked/item_recall@{k}", float("nan")) for k in ks]])
     return tabulate(rows, headers=["scoring of the beam pool", *[f"Recall@{k}" for k in ks]], floatfmt=".4f")
 
 
@@ -251,4 +259,7 @@ def tokenizer_rows(groups: dict[str, list[dict]], ks: Sequence[int] = (10,)) -> 
     for k in ks:
         rows.append(row(f"recall@{k}", lambda r, k=k: r["metrics"]["test"].get(f"recall@{k}")))
         rows.append(row(f"ndcg@{k}", lambda r, k=k: r["metrics"]["test"].get(f"ndcg@{k}")))
+        for name in (f"item_recall@{k}", f"item_ndcg@{k}"):  # expected credit within collision groups
+            if any(name in r["metrics"]["test"] for records in reports.values() for r in records):
+                rows.append(row(name, lambda r, name=name: r["metrics"]["test"].get(name)))
     return rows

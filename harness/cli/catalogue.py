@@ -29,8 +29,10 @@ def add_commands(sub) -> dict[str, Any]:
     sids = sub.add_parser("sids", help="Semantic-ID tools", description="Semantic-ID tools.")
     ssub = sids.add_subparsers(dest="action", metavar="ACTION")
     report = ssub.add_parser("report", help="fit (or load cached) SIDs for a dataset and print their diagnostics",
-                             description="Per-level utilisation and entropy, unique SIDs, collisions, prefix fan-out, "
-                             "reconstruction error and neighbourhood agreement with training transitions.")
+                             description="Per-level utilisation and entropy, unique SIDs, collisions (items in "
+                             "collision groups and the largest group; for letter also before and after its "
+                             "collision-resolution rounds), prefix fan-out, reconstruction error and neighbourhood "
+                             "agreement with training transitions.")
     compare_sids = ssub.add_parser("compare", help="the tokenizer reports of stored generative runs side by side "
                                    "(one column per method configuration, mean ± sd over seeds)",
                                    description="Reads `tokenizer_report` from each run record (tiger, letter, "
@@ -157,9 +159,47 @@ def cmd_sids_report(args: argparse.Namespace) -> int:
                    headers=["level", "utilisation", "entropy (bits)", "entropy / max", "prefix fan-out"]))
     recon = "n/a" if report["recon_error"] is None else f"{report['recon_error']:.4f}"
     print(f"unique SIDs {report['unique_sids']} / {report['items']}  collision rate {report['collision_rate']:.4f}  "
-          f"items in collisions {report['items_in_collisions']}  largest group {report['largest_group']}  "
           f"mean group {report['mean_group_size']}  reconstruction MSE {recon}")
+    for line in collision_lines(report, args.tokenizer):
+        print(line)
     print(tabulate([[n["prefix_len"], n["same_prefix"], n["chance"], n["lift"]] for n in report["neighbourhood"]],
                    headers=["prefix length", "consecutive pairs sharing it", "chance", "lift"]))
     print(f"report stored in {path}")
     return 0
+
+
+def _collision_figures(figures: dict[str, Any]) -> str:
+    groups = figures.get("collision_groups")
+    return (f"items in collision groups {figures['items_in_collisions']}"
+            + (f" ({groups} groups)" if groups is not None else "")
+            + f", largest group {figures['largest_group']} items"
+            + (f", unique SIDs {figures['unique_sids']}" if "unique_sids" in figures else ""))
+
+
+def collision_lines(report: dict[str, Any], tokenizer: str) -> list[str]:
+    """The report's collision lines: items in collision groups and the largest group of the tokenizer's codes
+    (before any collision strategy), what the strategy does with them, and for LETTER the same figures before and
+    after its collision-resolution rounds."""
+    table = report.get("collisions") or {}
+    figures = {"items_in_collisions": report["items_in_collisions"], "largest_group": report["largest_group"],
+               "collision_groups": table.get("collision_groups")}
+    lines = [f"collisions: {_collision_figures(figures)}"]
+    strategy = table.get("strategy")
+    if strategy == "dedup-token":
+        lines.append("  strategy dedup-token: a counter level numbers the items of each group, so every SID is unique")
+    elif strategy == "none":
+        lines.append("  strategy none: a generated SID yields its whole group (item_recall / item_ndcg credit it in "
+                     "expectation)")
+    elif strategy == "random-pick":
+        lines.append(f"  strategy random-pick: each SID resolves to one member; {table.get('unreachable_items', 0)} "
+                     "items unreachable")
+    resolution = report.get("collision_resolution")
+    if resolution:
+        lines.append(f"{tokenizer} collision resolution: {resolution['rounds_run']} of "
+                     f"{resolution['rounds_allowed']} rounds run")
+        lines.append(f"  before resolution: {_collision_figures(resolution['before'])}")
+        lines.append(f"  after resolution:  {_collision_figures(resolution['after'])}")
+    elif tokenizer == "letter":
+        lines.append("letter collision resolution: the figures before it are not in this cached entry (computed "
+                     "before they were kept; clear $HARNESS_CACHE_DIR/sids to refit)")
+    return lines

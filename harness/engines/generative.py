@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.api import Budget, Method, TopK, TrainView
-from harness.engines.training import train_with_validation
+from harness.engines.training import lr_multiplier, make_optimizer, train_with_validation
 from harness.nn.beam import beam_search
 from harness.nn.transformer import ModelShape, SIDTransformer
 from harness.sid import PrefixTrie, SIDTable, sid_report
@@ -122,10 +122,10 @@ class GenerativeRetrieval(Method):
         self.model = SIDTransformer(self.model_shape()).to(self.device)
         users, hists, targets = training_samples(train.sequences, cfg["max_history"], cfg["sliding_window"])
         trained = self.build_heads(train, targets)
-        optimizer_cls = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
-        optimizer = optimizer_cls(trained.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        warmup = max(1, int(cfg["warmup_steps"]))
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        optimizer = make_optimizer(cfg["optimizer"], trained.parameters(), cfg["lr"], cfg["weight_decay"])
+        # linear-warmup (the default where a config names none) or rsqrt (TIGER's); see lr_multiplier
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_multiplier(cfg.get("lr_schedule", "linear-warmup"), cfg["warmup_steps"]))
         generator = torch.Generator().manual_seed(train.seed)
         train_with_validation(
             self, trained, train, budget, optimizer,

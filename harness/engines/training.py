@@ -8,6 +8,7 @@ then the state trained last is validated before the best one is kept, so no trai
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from typing import Any, Callable, Iterable, Sequence
@@ -17,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from harness.api import Budget, EarlyStopping, Method, TrainView, check_finite
+from harness.errors import ConfigError
 
 plan = logging.getLogger("harness.plan")  # the CLI shows it on a terminal (not under --json)
 PLAN_STEPS = 20  # steps timed before the estimate is given
@@ -59,13 +61,39 @@ def _set_rng_states(states: dict[str, Any], generators: Sequence[torch.Generator
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad}
+LR_SCHEDULES = ("linear-warmup", "rsqrt")
+
+
+def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """`adam`, `adamw` or `adagrad` (torch's defaults otherwise: Adagrad starts its accumulator at 0)."""
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay)
+
+
+def lr_multiplier(schedule: str, warmup_steps: int) -> Callable[[int], float]:
+    """The factor on the base lr before optimiser step s + 1 (s = steps already taken):
+    - `linear-warmup`: (s + 1) / warmup up to 1, then constant;
+    - `rsqrt`: 1 for the first `warmup_steps` steps, then √(warmup / (s + 1)), the inverse-square-root decay of T5
+      (with lr 0.01 and 10k steps: lr = 1 / √max(step, 10⁴), TIGER §4.1's schedule)."""
+    warmup = max(1, int(warmup_steps))
+    if schedule == "linear-warmup":
+        return lambda s: min(1.0, (s + 1) / warmup)
+    if schedule == "rsqrt":
+        return lambda s: math.sqrt(warmup / max(s + 1, warmup))
+    raise ConfigError(f"lr_schedule {schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
+
+
 def train_with_validation(method: Method, module: torch.nn.Module, train: TrainView, budget: Budget,
                           optimizer: torch.optim.Optimizer, batches: Callable[[], Iterable[Any]],
                           loss_of: Callable[[Any], torch.Tensor], cfg: dict[str, Any],
                           scheduler: Any = None, clip_norm: float | None = None,
                           generators: Sequence[torch.Generator] = ()) -> None:
     """`batches()` yields one epoch's batches, `loss_of(batch)` their loss. Reads epochs, eval_every,
-    valid_metric and patience from `cfg`; leaves `module` at its best validation state, in eval mode.
+    valid_metric and patience from `cfg`, and `max_steps` where it has one (a cap on optimiser steps, for recipes
+    published in steps; 0 or absent: none); leaves `module` at its best validation state, in eval mode.
 
     Every `train.checkpoint_every` epochs the whole training state (module, optimiser, scheduler, early stopping,
     the global RNGs and the plugin's own `generators`) goes to the referee; a resumed run loads it and continues with
@@ -92,13 +120,14 @@ def train_with_validation(method: Method, module: torch.nn.Module, train: TrainV
         return stopper.update(train.validate(method), module)
 
     epochs = budget.epochs(int(cfg["epochs"]))
+    max_steps = int(cfg.get("max_steps") or 0)
     for epoch in tqdm(range(first_epoch, epochs), desc=f"{method.name} epochs", leave=False, disable=None,
                       initial=first_epoch, total=epochs):
         module.train()
         epoch_batches = list(batches())
         started = time.perf_counter()
         for index, batch in enumerate(tqdm(epoch_batches, desc=f"epoch {epoch + 1}", leave=False, disable=None)):
-            if budget.exhausted():
+            if budget.exhausted() or (max_steps and step >= max_steps):
                 break
             if epoch == 0 and index == min(PLAN_STEPS, len(epoch_batches) - 1) and index:
                 say_plan(method, module, train, len(epoch_batches), epochs,
@@ -113,9 +142,9 @@ def train_with_validation(method: Method, module: torch.nn.Module, train: TrainV
             if scheduler is not None:
                 scheduler.step()
             step += 1
-        else:  # the epoch ran to its end; one the clock cut short is not counted as an epoch
+        else:  # the epoch ran to its end; one the clock (or the step cap) cut short is not counted as an epoch
             budget.epoch_done()
-        if budget.exhausted():
+        if budget.exhausted() or (max_steps and step >= max_steps):
             break
         if (epoch + 1) % cfg["eval_every"] == 0 and validate():
             break

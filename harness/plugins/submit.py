@@ -31,7 +31,7 @@ from harness.board.results import bundle_digest, export_board, load_results
 from harness.board.store import RunStore
 from harness.board.tables import leaderboard_rows, render
 from harness.errors import HarnessError
-from harness.metrics import metrics_from_ranks
+from harness.metrics import metrics_from_groups, metrics_from_ranks
 from harness.paths import LEADERBOARDS_DIR
 from harness.plugins.validate import Report, validate_plugin
 from harness.run.record import environment, hardware, plugin_info, versions
@@ -54,8 +54,9 @@ class SubmissionError(HarnessError):
 
 
 def _ranks(per_user: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {f"{stage}/rank": per_user[stage]["rank"] for stage in ("valid", "test")
-            if "rank" in per_user.get(stage, {})}
+    """The per-user arrays a bundle keeps: the rank, and the collision-group slot and size the item_ metrics need."""
+    return {f"{stage}/{name}": per_user[stage][name] for stage in ("valid", "test")
+            for name in ("rank", "group_slot", "group_size") if name in per_user.get(stage, {})}
 
 
 def submit(method: str, track_name: str, overrides: dict[str, Any] | None = None, out: str | Path | None = None,
@@ -196,8 +197,14 @@ def _consistency_problems(bundle: Path, record: dict[str, Any]) -> list[str]:
         return [f"seed {record['seed']}: per-user ranks missing ({path.name})"]
     with np.load(path) as data:
         ranks = torch.as_tensor(data["test/rank"].astype(np.float64))
+        groups = (data["test/group_slot"], data["test/group_size"]) if "test/group_slot" in data.files \
+            and "test/group_size" in data.files else None
     ranks[ranks < 0] = float("inf")
     per_user = metrics_from_ranks(ranks, record["eval"]["ks"])
+    if groups is not None:  # the item_ metrics follow from the collision-group slot and size (metric_version 3)
+        slots = torch.as_tensor(groups[0].astype(np.float64))
+        slots[slots < 0] = float("inf")
+        per_user.update(metrics_from_groups(slots, torch.as_tensor(groups[1].astype(np.int64)), record["eval"]["ks"]))
     problems = []
     for name, value in record["metrics"]["test"].items():
         if name in per_user and abs(float(per_user[name].mean()) - value) > 1e-6:

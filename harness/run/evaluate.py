@@ -13,7 +13,8 @@ from tqdm import tqdm
 
 from harness.api import Method, TopK
 from harness.errors import EvaluationError
-from harness.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores, ranks_from_topk
+from harness.metrics import (DEFAULT_KS, group_slots_from_topk, metrics_from_groups, metrics_from_ranks,
+                             ranks_from_scores, ranks_from_topk)
 
 
 EVAL_BATCH = 1024  # users per recommend / score call
@@ -70,7 +71,8 @@ def evaluate_method(method, histories: Sequence[np.ndarray], targets: np.ndarray
     mode = judged_mode(method, mode)
     k_max = max(ks)
     target_tensor = torch.as_tensor(np.asarray(targets, dtype=np.int64))
-    all_ranks, counts, generative, alternatives = [], {}, {}, {}
+    all_ranks, all_slots, all_sizes, counts, generative, alternatives = [], [], [], {}, {}, {}
+    item_group = getattr(method, "item_group", None)
     with torch.no_grad():
         for start in tqdm(range(0, len(histories), batch_size), desc=desc, leave=False, disable=None):
             hist = list(histories[start:start + batch_size])
@@ -82,24 +84,37 @@ def evaluate_method(method, histories: Sequence[np.ndarray], targets: np.ndarray
                 if scores.shape != (len(hist), n_items):
                     raise EvaluationError(f"score() returned shape {tuple(scores.shape)}, expected "
                                           f"[{len(hist)}, {n_items}]")
-                all_ranks.append(ranks_from_scores(scores.detach().cpu(), tgt, exclude))
+                ranks = ranks_from_scores(scores.detach().cpu(), tgt, exclude)
+                all_ranks.append(ranks)
+                all_slots.append(ranks)  # a score matrix has no collision groups: every item is its own
+                all_sizes.append(torch.ones(len(ranks), dtype=torch.long))
             else:
                 extra = max((len(h) for h in hist), default=0) if exclude_history else 0
                 top = asked_top(method, hist, min(n_items, k_max + extra), kwargs)
-                ranks, batch_counts = ranks_from_topk(top.items.detach().cpu(), top.scores.detach().cpu(), tgt,
-                                                      n_items, exclude)
+                top_items, top_scores = top.items.detach().cpu(), top.scores.detach().cpu()
+                ranks, batch_counts = ranks_from_topk(top_items, top_scores, tgt, n_items, exclude)
+                slots, sizes = group_slots_from_topk(top_items, top_scores, tgt, n_items, item_group, exclude)
                 _generative_counts(method, top, tgt, ks, generative)
                 for name, (items, item_scores) in alternative_rankings(top).items():
                     alt_ranks, _ = ranks_from_topk(items, item_scores, tgt, n_items, exclude)
-                    alternatives.setdefault(name, []).append(alt_ranks)
+                    alt_slots, alt_sizes = group_slots_from_topk(items, item_scores, tgt, n_items, item_group, exclude)
+                    alternatives.setdefault(name, []).append((alt_ranks, alt_slots, alt_sizes))
                 all_ranks.append(ranks)
+                all_slots.append(slots)
+                all_sizes.append(sizes)
                 for key, value in batch_counts.items():
                     counts[key] = counts.get(key, 0) + value
     ranks = torch.cat(all_ranks) if all_ranks else torch.zeros(0, dtype=torch.double)
+    slots = torch.cat(all_slots) if all_slots else torch.zeros(0, dtype=torch.double)
+    sizes = torch.cat(all_sizes) if all_sizes else torch.zeros(0, dtype=torch.long)
     per_user = metrics_from_ranks(ranks, ks)
+    per_user.update(metrics_from_groups(slots, sizes, ks))  # expected credit within collision groups
     metrics = {name: float(values.mean()) if len(values) else 0.0 for name, values in per_user.items()}
-    # The 0-based rank (-1 = miss) determines every metric at any cut-off; it is what published boards keep.
+    # The 0-based rank (-1 = miss) determines every metric at any cut-off; it is what published boards keep, with
+    # the target's collision group (first slot, -1 = miss, and size), which determines the item_ metrics.
     per_user["rank"] = torch.where(torch.isfinite(ranks), ranks, -1.0).to(torch.int64).numpy()
+    per_user["group_slot"] = torch.where(torch.isfinite(slots), slots, -1.0).to(torch.int64).numpy()
+    per_user["group_size"] = sizes.to(torch.int64).numpy()
     diagnostics: dict[str, Any] = {}
     if counts:
         slots = max(1, counts["slots"])
@@ -112,11 +127,10 @@ def evaluate_method(method, histories: Sequence[np.ndarray], targets: np.ndarray
         diagnostics["mean_group_size_returned"] = generative.pop("group_size_sum") / valid
         for key, value in generative.items():  # sid_recall@k: the target's SID among the first k generated SIDs
             diagnostics[key] = value / n_users
-        for k in ks:
-            if f"sid_recall@{k}" in diagnostics and f"recall@{k}" in metrics:
-                diagnostics[f"item_recall@{k}"] = metrics[f"recall@{k}"]
     for name, parts in alternatives.items():  # the same candidates ranked another way, same rules
-        for metric, values in metrics_from_ranks(torch.cat(parts), ks).items():
+        alt = metrics_from_ranks(torch.cat([p[0] for p in parts]), ks)
+        alt.update(metrics_from_groups(torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]), ks))
+        for metric, values in alt.items():
             diagnostics[f"{name}_ranked/{metric}"] = float(values.mean()) if len(values) else 0.0
     return EvalResult(per_user=per_user, metrics=metrics, diagnostics=diagnostics, mode=mode)
 

@@ -8,6 +8,8 @@ of a generator that asks for the same SIDs gets the same table without recomputa
 """
 from __future__ import annotations
 
+import json
+
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,11 +39,14 @@ def fit_codes(embeddings: np.ndarray, tokenizer: str = "rkmeans", collaborative:
     def compute() -> dict[str, np.ndarray]:
         result = tok.fit(embeddings, collaborative) if tok.uses_collaborative else tok.fit(embeddings)
         return {"codes": result.codes, "widths": np.asarray(result.widths),
-                "recon_error": np.asarray(np.nan if result.recon_error is None else result.recon_error)}
+                "recon_error": np.asarray(np.nan if result.recon_error is None else result.recon_error),
+                "info": np.asarray(json.dumps(result.info, sort_keys=True, default=str))}
     arrays, hit, seconds = cached_arrays("sids", key, compute, meta=tok.identity())
     error = float(arrays["recon_error"])
+    # the tokenizer's own figures (LETTER: collisions before and after its resolution rounds); {} in older entries
+    info = json.loads(str(arrays["info"])) if "info" in arrays else {}
     codes = SIDCodes(arrays["codes"].astype(np.int64), [int(w) for w in arrays["widths"]],
-                     recon_error=None if np.isnan(error) else error)
+                     recon_error=None if np.isnan(error) else error, info=info)
     return codes, {**tok.identity(), "key": key, "cached": hit, "compute_seconds": seconds}
 
 

@@ -15,6 +15,8 @@ averaged over elements (the scale α and β are set for):
 Indexing, as the reference's index generation does: every item takes its nearest code at every level; then, for up
 to `collision_rounds` rounds, each group of items sharing a whole SID is quantised again on its own with the
 Sinkhorn-balanced last level, which spreads the group over distinct last codes. The VQ loss is the mean over levels.
+The codes' `info["collision_resolution"]` keeps the collision figures before and after those rounds (`harness sids
+report` prints them).
 """
 from __future__ import annotations
 
@@ -104,6 +106,14 @@ class CodeClusters:
         return self.members[self.start[codes] + draw.clamp(max=(size - 1).clamp(min=0))], size > 1
 
 
+def collision_figures(codes: torch.Tensor) -> dict[str, int]:
+    """Unique SIDs, collision groups (SIDs of two or more items), the items in them and the largest group."""
+    _, counts = torch.unique(codes, dim=0, return_counts=True)
+    return {"unique_sids": int(len(counts)), "collision_groups": int((counts > 1).sum()),
+            "items_in_collisions": int(counts[counts > 1].sum()), "largest_group": int(counts.max()) if len(counts)
+            else 0}
+
+
 @tokenizer("letter")
 class LETTER(Tokenizer):
     uses_collaborative = True
@@ -180,25 +190,33 @@ class LETTER(Tokenizer):
         with torch.no_grad():
             z = encoder(data)
             _, codes, _, _ = self._quantize(quantizer, z, balance_last=False)
-            codes = self._resolve_collisions(quantizer, z, codes)
+            before = collision_figures(codes)
+            codes, rounds = self._resolve_collisions(quantizer, z, codes)
             z_q = sum(book[codes[:, level]] for level, book in enumerate(quantizer.codebooks))
             error = float(((decoder(z_q) - data) ** 2).sum(-1).mean())
         books = [b.detach().numpy() for b in quantizer.codebooks]
-        return SIDCodes(codes.numpy().astype(np.int64), [self.width] * self.levels, books, error)
+        # what `harness sids report` prints beside the final codes' figures: the collisions the resolution rounds met
+        resolution = {"rounds_allowed": int(self.options["collision_rounds"]), "rounds_run": rounds,
+                      "before": before, "after": collision_figures(codes)}
+        return SIDCodes(codes.numpy().astype(np.int64), [self.width] * self.levels, books, error,
+                        {"collision_resolution": resolution})
 
-    def _resolve_collisions(self, quantizer: ResidualQuantizer, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    def _resolve_collisions(self, quantizer: ResidualQuantizer, z: torch.Tensor,
+                            codes: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Re-quantise each group of items that share a whole SID with the balanced last level, for up to
-        `collision_rounds` rounds or until no SID is shared."""
+        `collision_rounds` rounds or until no SID is shared. Returns the codes and the rounds that re-quantised."""
         codes = codes.clone()
+        rounds = 0
         for _ in range(self.options["collision_rounds"] if self.options["sinkhorn_epsilon"] > 0 else 0):
             _, inverse, counts = torch.unique(codes, dim=0, return_inverse=True, return_counts=True)
             shared = torch.nonzero(counts > 1).flatten()
             if not len(shared):
                 break
+            rounds += 1
             for group in shared.tolist():
                 members = torch.nonzero(inverse == group).flatten()
                 codes[members] = self._quantize(quantizer, z[members], balance_last=True)[1]
-        return codes
+        return codes, rounds
 
     def _diversity(self, book: torch.Tensor, chosen: torch.Tensor, codes: torch.Tensor, groups: CodeClusters,
                    generator: torch.Generator) -> torch.Tensor:

@@ -22,7 +22,8 @@ def dataset_sid_report(dataset: str, tokenizer: str = "rkmeans", embedder: str =
                        embedder_options: dict[str, Any] | None = None,
                        collaborative_options: dict[str, Any] | None = None, data_dir: str | None = None,
                        out_dir: Path | None = None) -> tuple[dict[str, Any], Path | None]:
-    """The report (per-level utilisation and entropy, collisions, fan-out, reconstruction error, neighbourhood
+    """The report (per-level utilisation and entropy, collisions: items in collision groups and the largest group,
+    for LETTER also before and after its collision-resolution rounds; fan-out, reconstruction error, neighbourhood
     agreement, provenance and timings) and, with `out_dir`, the JSON file it was stored in."""
     card = load_card(dataset)
     data = load_dataset(card, data_dir)
@@ -46,6 +47,9 @@ def dataset_sid_report(dataset: str, tokenizer: str = "rkmeans", embedder: str =
     report = sid_report(codes.codes, codes.widths, codes.recon_error, train)
     report.update({"dataset": card.name, "split_id": split.split_id, "embedder": emb_info, "tokenizer": tok_info,
                    "collisions": {"strategy": collisions, **table.info},
+                   # LETTER: the collision figures before and after its resolution rounds (None for tokenizers
+                   # without such rounds, or a cache entry older than these figures)
+                   "collision_resolution": codes.info.get("collision_resolution"),
                    "seconds": {"embed": round(embed_s, 2), "fit": round(fit_s, 2)}})
     path = None
     if out_dir is not None:

@@ -2,9 +2,10 @@
 
 - `rkmeans`: residual k-means (k-means++ init; optional L2-normalised residuals, GRID §4)
 - `rvq`: residual vector quantisation trained with the straight-through estimator (β = 0.25)
-- `rqvae`: MLP encoder → residual quantiser (per-level codebooks, k-means init, dead-code restarts) → MLP decoder
-- `balanced`: hierarchical balanced k-means: equal-size clusters within each parent, so codes are unique whenever
-  W^L ≥ n_items (DIG's zero-collision start)
+- `rqvae`: MLP encoder → residual quantiser (per-level codebooks, k-means init, dead-code restarts) → MLP decoder,
+  optionally on inputs standardised per dimension (`standardize=true`, TIGER's config)
+- `balanced`: a balanced k-means tree: equal-size clusters within each parent, spread over every level, so codes are
+  unique whenever W^L ≥ n_items (DIG's zero-collision start)
 - `index-file`: an LC-Rec style `*.index.json` (item → ["<a_12>", "<b_3>", ...])
 All are deterministic for a seed. Levels L and width W are config values (GRID's default 3 × 256).
 """
@@ -143,24 +144,38 @@ class ResidualQuantizer(nn.Module):
         return restarted
 
 
+QUANTIZER_OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
+KMEANS_INITS = ("all", "first-batch")
+
+
 @own_rng
 def _train_quantizer(x: np.ndarray, model: nn.Module, quantizer: ResidualQuantizer, encode, decode, epochs: int,
-                     lr: float, batch_size: int, seed: int, restart_every: int) -> tuple[np.ndarray, float]:
+                     lr: float, batch_size: int, seed: int, restart_every: int, optimizer: str = "adam",
+                     kmeans_init: str = "all") -> tuple[np.ndarray, float]:
+    """`kmeans_init`: the codebooks start from residual k-means of all items' latents (`all`) or of the first
+    training batch's only (`first-batch`, as TIGER §4.1 words it; the same when the catalogue fits in one batch)."""
+    if optimizer not in QUANTIZER_OPTIMIZERS:
+        raise ConfigError(f"tokenizer optimizer {optimizer!r}: use one of {', '.join(QUANTIZER_OPTIMIZERS)}")
+    if kmeans_init not in KMEANS_INITS:
+        raise ConfigError(f"kmeans_init {kmeans_init!r}: use one of {', '.join(KMEANS_INITS)}")
     torch.manual_seed(seed)
     data = torch.as_tensor(x, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(data), generator=generator)  # epoch 1's order (k-means draws nothing from generator)
     with torch.no_grad():
-        quantizer.init_kmeans(encode(data), seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        quantizer.init_kmeans(encode(data if kmeans_init == "all" else data[order[:batch_size]]), seed)
+    optim = QUANTIZER_OPTIMIZERS[optimizer](model.parameters(), lr=lr)
     for epoch in range(epochs):
-        for idx in torch.randperm(len(data), generator=generator).split(batch_size):
+        if epoch:
+            order = torch.randperm(len(data), generator=generator)
+        for idx in order.split(batch_size):
             batch = data[idx]
             z = encode(batch)
             z_q, _, vq_loss = quantizer(z)
             loss = ((decode(z_q) - batch) ** 2).sum(-1).mean() + vq_loss
-            optimizer.zero_grad()
+            optim.zero_grad()
             loss.backward()
-            optimizer.step()
+            optim.step()
         if restart_every and (epoch + 1) % restart_every == 0 and epoch + 1 < epochs:
             with torch.no_grad():
                 z = encode(data)
@@ -218,19 +233,32 @@ class RQVAEModel(nn.Module):
 
 @tokenizer("rqvae")
 class RQVAE(Tokenizer):
+    """TIGER's RQ-VAE. `standardize=true` trains on inputs standardised per dimension (`standardise`), as the
+    reproductions that reach TIGER's numbers do (cornac's PAISCHER recipe: `feature_standardize=True`; GRID whitens
+    its RQ-VAE inputs); the reconstruction error is then in standardised units. Off by default, so that every other
+    use keeps its codes (on TF-IDF-SVD vectors it gave more collisions, not fewer); TIGER's config turns it on.
+    `epochs` passes over the items (TIGER: 20k; 100 by default here), `optimizer` adam | adagrad (TIGER: Adagrad,
+    lr 0.4), `kmeans_init` all | first-batch (see `_train_quantizer`). The defaults give the codes they gave before
+    these options existed."""
+
     def __init__(self, levels=3, width=256, seed=0, hidden: list[int] | None = None, latent: int = 32,
                  beta: float = 0.25, epochs: int = 100, lr: float = 1e-3, batch_size: int = 1024,
-                 restart_every: int = 10):
+                 restart_every: int = 10, standardize: bool = False, optimizer: str = "adam",
+                 kmeans_init: str = "all"):
         super().__init__(levels, width, seed, hidden=list(hidden or [512, 256, 128]), latent=latent, beta=beta,
-                         epochs=epochs, lr=lr, batch_size=batch_size, restart_every=restart_every)
+                         epochs=epochs, lr=lr, batch_size=batch_size, restart_every=restart_every,
+                         standardize=bool(standardize), optimizer=optimizer, kmeans_init=kmeans_init)
 
     @own_rng
     def fit(self, x):
         torch.manual_seed(self.seed)
         o = self.options
+        if o["standardize"]:
+            x = standardise(np.asarray(x, dtype=np.float32))
         model = RQVAEModel(x.shape[1], o["hidden"], o["latent"], self.levels, self.width, o["beta"])
         codes, error = _train_quantizer(x, model, model.quantizer, model.encoder, model.decoder, o["epochs"], o["lr"],
-                                        o["batch_size"], self.seed, o["restart_every"])
+                                        o["batch_size"], self.seed, o["restart_every"], o["optimizer"],
+                                        o["kmeans_init"])
         books = [b.detach().numpy() for b in model.quantizer.codebooks]
         return SIDCodes(codes, [self.width] * self.levels, books, error)
 
@@ -254,8 +282,24 @@ def balanced_assign(x: np.ndarray, centers: np.ndarray, capacity: int) -> np.nda
 
 @tokenizer("balanced")
 class BalancedKMeans(Tokenizer):
-    def __init__(self, levels=3, width=256, seed=0):
-        super().__init__(levels, width, seed)
+    """A tree: each parent's items split into equal-size clusters, numbered within the parent, until every leaf holds
+    one item. The branching of a group of n items with r levels still to fill is min(W, ⌈n^(1/r)⌉), so every level
+    carries information (a catalogue of W^L items or more splits W ways at every level). A split is then refined by
+    Lloyd steps to a fixed point, with more branches where the fixed point would crowd more items into a cluster than
+    its subtree can keep apart: each item ends nearest its own cluster's mean, so an argmin over the tree's
+    per-parent means returns the same codes (DIG's re-assignment)."""
+
+    revision = 1  # revision 1: spread over every level, Lloyd-refined splits (revision 0 filled the top levels first)
+
+    def __init__(self, levels=3, width=256, seed=0, headroom: int = 4):
+        super().__init__(levels, width, seed, headroom=headroom)
+
+    def _cap(self, remaining: int, balanced_size: int) -> int:
+        """The most items a cluster may take with `remaining` levels left, this one included: what its subtree can
+        keep apart (W^(r-1)), less headroom above the leaf level, since each split below crowds its clusters too;
+        never below the equal-size share (a catalogue larger than W^L must collide somewhere)."""
+        room = self.width ** (remaining - 1)
+        return max(balanced_size, room // self.options["headroom"] if remaining > 2 else room)
 
     def fit(self, x):
         x = x.astype(np.float32)
@@ -266,13 +310,13 @@ class BalancedKMeans(Tokenizer):
             if level == self.levels or len(members) == 0:
                 return
             residual = x[members] - recon[members]
-            k = min(self.width, len(members))
-            if len(members) <= self.width:  # one code each: this branch is collision-free from here on
-                labels = np.arange(len(members))
-                centers = residual
+            remaining = self.levels - level
+            if len(members) <= self.width and remaining == 1:  # a leaf each
+                labels, centers = np.arange(len(members)), residual
             else:
-                _, centers = kmeans(residual, k, self.seed + level)
-                labels = balanced_assign(residual, centers, capacity=-(-len(members) // len(centers)))
+                k = min(self.width, int(np.ceil(len(members) ** (1 / remaining) - 1e-9)), len(members))
+                labels, centers = _balanced_split(residual, k, self.seed + level, self._cap(remaining, -(-len(members) // k)),
+                                                  self.width)
             codes[members, level] = labels
             recon[members] += centers[labels]
             for c in np.unique(labels):
@@ -281,6 +325,60 @@ class BalancedKMeans(Tokenizer):
         split(np.arange(len(x)), 0)
         error = float(((x - recon) ** 2).sum(axis=1).mean())
         return SIDCodes(codes, [self.width] * self.levels, [], error)
+
+
+def _cluster_means(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, x)
+    return (sums / np.maximum(np.bincount(labels, minlength=k), 1)[:, None]).astype(np.float32)
+
+
+def _lloyd(x: np.ndarray, labels: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Lloyd steps from `labels` to a fixed point (each item nearest its own cluster's mean); labels renumbered over
+    the clusters that keep items. Returns labels, means, and whether the fixed point was reached."""
+    for _ in range(steps + 1):
+        labels = np.unique(labels, return_inverse=True)[1].reshape(-1)
+        centers = _cluster_means(x, labels, int(labels.max()) + 1)
+        dist = (x ** 2).sum(1)[:, None] - 2 * x @ centers.T + (centers ** 2).sum(1)[None, :]
+        nearest = dist.argmin(1)
+        if np.array_equal(nearest, labels):
+            return labels, centers, True
+        labels = nearest
+    return labels, _cluster_means(x, labels, int(labels.max()) + 1), False
+
+
+def _balanced_split(x: np.ndarray, k: int, seed: int, cap: int, width: int, lloyd_steps: int = 100):
+    """Equal-size clusters (k-means centres, capacity-constrained assignment), then Lloyd steps to a fixed point
+    (every item nearest its own cluster's mean). A cluster the fixed point crowds beyond `cap` items (a tight blob
+    beside outliers draws one centre) is cut into equal-size pieces, and Lloyd runs again, up to `width` clusters;
+    failing that, Lloyd steps under the cap. Labels are numbered 0.. over the clusters that keep items."""
+    if k <= 1:
+        return np.zeros(len(x), dtype=np.int64), x.mean(0, keepdims=True)
+    _, centers = kmeans(x, k, seed)
+    balanced = balanced_assign(x, centers, capacity=-(-len(x) // len(centers)))
+    labels, centers, fixed = _lloyd(x, balanced, lloyd_steps)
+    while fixed:
+        sizes = np.bincount(labels)
+        if sizes.max() <= cap:
+            return labels, centers
+        if len(sizes) >= width:
+            break
+        crowded = np.flatnonzero(labels == sizes.argmax())
+        pieces = min(width - len(sizes) + 1, 2 * -(-sizes.max() // cap))
+        _, sub_centres = kmeans(x[crowded], pieces, seed)  # equal-size pieces, so that the tight core is cut too
+        sub = balanced_assign(x[crowded], sub_centres, capacity=-(-len(crowded) // len(sub_centres)))
+        labels = labels.copy()
+        labels[crowded] = np.where(sub == 0, labels[crowded], len(sizes) + sub - 1)
+        labels, centers, fixed = _lloyd(x, labels, lloyd_steps)
+    # no fixed point keeps within the cap: capacity-constrained Lloyd from the last centres, so that only items
+    # their nearest cluster has no room for sit elsewhere
+    for _ in range(lloyd_steps):
+        moved = balanced_assign(x, centers, cap)
+        if np.array_equal(moved, labels):
+            break
+        labels = np.unique(moved, return_inverse=True)[1].reshape(-1)
+        centers = _cluster_means(x, labels, int(labels.max()) + 1)
+    return labels, centers
 
 
 _TOKEN = re.compile(r"<[^_>]*_(\d+)>")
