@@ -40,10 +40,8 @@ class TopK:
 
     Generative methods may add `extras["beam_groups"]` `[B, beam]` (SID group id of each generated SID, -1 if no item
     has it, -2 for an empty slot) and `extras["beam_group_sizes"]`; with the method's `item_group` (item → SID group)
-    the evaluator then reports SID-level recall, invalid-SID rate and the mean collision-group size of returned SIDs.
-    With `item_group`, a run of equal-score items of one SID group in a ranking is a collision group: besides the
-    pessimistic recall@k / ndcg@k (target after every member) it gets expected credit, item_recall@k / item_ndcg@k
-    (`harness.metrics`).
+    the evaluator reports SID-level recall, invalid-SID rate, mean collision-group size of returned SIDs, and (a run of
+    equal-score items of one group being a collision group) item_recall@k / item_ndcg@k (`harness.metrics`).
     `extras["alt:NAME:items"]` and `["alt:NAME:scores"]` `[B, k]` give a second ranking of the same users (Gryphon:
     its pool in beam order), evaluated by the same rules and reported as `NAME_ranked/<metric>`.
     """
@@ -250,9 +248,7 @@ class Method:
     recipes: ClassVar[dict[str, dict[str, Any]]] = {}  # named config presets, chosen with `--set recipe=NAME`
     # `harness ablate`: {"variants": {name: overrides}, "tables": [{"title", "rows": [variant], "metrics": [...]}]}
     ablations: ClassVar[dict[str, Any]] = {}
-    # Set by generative methods once their SIDs exist: item → SID group id. With `TopK.extras["beam_groups"]` the
-    # evaluator then reports SID-level recall, invalid-SID rate and collision-group sizes; in every ranking it scores,
-    # runs of equal-score items of one group are collision groups, credited in expectation by item_recall/item_ndcg.
+    # Set by generative methods once their SIDs exist: item → SID group id (what the evaluator does with it: TopK).
     item_group: np.ndarray | None = None
 
     def __init__(self, config: dict[str, Any] | None = None):

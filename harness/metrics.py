@@ -59,25 +59,38 @@ def _padded(histories: Sequence[np.ndarray], fill: int) -> torch.Tensor:
     return out
 
 
+ROW_BLOCK = 16  # score rows compared per step: a block of a large catalogue's rows stays in cache for the count
+
+
 def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor,
                       exclude: Sequence[np.ndarray] | None = None) -> torch.Tensor:
     """0-based pessimistic rank of each target among all items; inf where the target was excluded."""
     if scores.ndim != 2 or scores.shape[0] != targets.shape[0]:
         raise EvaluationError(f"score matrix has shape {tuple(scores.shape)}, expected [{targets.shape[0]}, n_items]")
-    if torch.isnan(scores).any():
+    # a sum is one vectorised pass and is NaN only with a NaN (or +inf beside -inf); the exact check then decides
+    if torch.isnan(scores.sum()) and torch.isnan(scores).any():
         raise EvaluationError("method returned NaN scores")
     scores = scores.float()
-    excluded_target = torch.zeros(len(targets), dtype=torch.bool)
-    if exclude is not None:
-        hist = _padded(exclude, fill=scores.shape[1])  # pad points at a scratch column
-        scores = torch.cat([scores, torch.zeros(len(scores), 1)], dim=1)
-        scores.scatter_(1, hist, -math.inf)
-        scores = scores[:, :-1]
-        excluded_target = (hist == targets[:, None]).any(dim=1)
+    n_items = scores.shape[1]
     target_scores = scores.gather(1, targets[:, None])
     # Pessimistic: every other item scored at least as high as the target is ranked above it.
-    ranks = ((scores >= target_scores).sum(dim=1) - 1).double()
-    ranks[excluded_target] = math.inf
+    at_least = torch.empty(len(scores), dtype=torch.int32)
+    block = torch.empty(min(ROW_BLOCK, len(scores)), n_items, dtype=torch.bool)
+    for lo in range(0, len(scores), ROW_BLOCK):
+        hi = min(lo + ROW_BLOCK, len(scores))
+        torch.ge(scores[lo:hi], target_scores[lo:hi], out=block[:hi - lo])
+        at_least[lo:hi] = block[:hi - lo].sum(dim=1, dtype=torch.int32)
+    ranks = (at_least - 1).double()
+    if exclude is not None:
+        # excluded items do not count: those of the (distinct) history items scored at least as high come off; a
+        # target scored -inf has every item level with it, excluded or not, as when they were set to -inf
+        hist = _padded(exclude, fill=n_items).sort(dim=1).values  # pad (n_items) sorts last
+        distinct = torch.ones_like(hist, dtype=torch.bool)
+        distinct[:, 1:] = hist[:, 1:] != hist[:, :-1]
+        counted = distinct & (hist < n_items) & (target_scores > -math.inf)
+        above = counted & (scores.gather(1, hist.clamp(max=n_items - 1)) >= target_scores)
+        ranks -= above.sum(dim=1).double()
+        ranks[(hist == targets[:, None]).any(dim=1)] = math.inf
     return ranks
 
 

@@ -14,11 +14,10 @@ Generative recommender. The T5-style encoder-decoder of the shared engine reads 
 target's codes level by level, trained with teacher-forced code cross-entropy. Its code embeddings are tied: level
 l's embedding table embeds level-l tokens on the way in and scores level l on the way out (logits = decoder state ·
 the level's code embeddings, no bias), as the reference's per-level `token_embeddings` do (model.py L46, L88, L113,
-L130-131).
-The engine's SIDTransformer keeps one embedding table with per-level offsets and untied heads; `tie_code_embeddings`
-replaces its heads by views of that table (`TiedCodeHead`), so the engine itself is unchanged. The code embeddings
-start from N(0, `code_embedding_std`²), 0.02 as the reference initialises every embedding (model.py L58-64); tied
-heads that small learn slowly, which short runs (the smoke track's few hundred steps) feel: there 0.125 ≈ d^-½.
+L130-131). `tie_code_embeddings` replaces the engine's untied heads by views of its one embedding table
+(`TiedCodeHead`), so the engine itself is unchanged. The code embeddings start from N(0, `code_embedding_std`²),
+0.02 as the reference initialises every embedding (model.py L58-64); tied heads that small learn slowly, which short
+runs (the smoke track's few hundred steps) feel: there 0.125 ≈ d^-½.
 
 Alignment (after `align_warmup` epochs, in both phases; the reference's `warm_epoch`, trainer.py L517-529):
 - SIA, sequence-item alignment: the pooled encoder state, projected into the embedding space and tokenized, should

@@ -50,7 +50,9 @@ def test_compare_and_run_detail_views(published):
     at.sidebar.radio[0].set_value("Compare").run(timeout=60)
     assert not at.exception
     compare = at.dataframe[0].value
-    assert "p wilcoxon" in compare.columns and len(compare) == 8
+    # recall/ndcg at 4 cut-offs, each beside its collision-corrected item_ metric
+    assert "p wilcoxon" in compare.columns and len(compare) == 16
+    assert {"ndcg@10", "item_ndcg@10"} <= set(compare["metric"])
     at.sidebar.radio[0].set_value("Run detail").run(timeout=60)
     assert not at.exception
     assert at.code[0].value.startswith("harness") or "command not recorded" in at.code[0].value

@@ -65,8 +65,10 @@ def test_score_mode_matches_reference_with_many_ties(seed, exclude):
     rng = np.random.default_rng(seed)
     n_users, n_items = 40, 30
     scores = rng.integers(0, 4, size=(n_users, n_items)).astype(np.float32)  # heavy ties
+    scores[rng.random(scores.shape) < 0.1] = -np.inf  # masked items, some of them targets
+    scores[rng.random(scores.shape) < 0.05] = np.inf
     targets = rng.integers(0, n_items, size=n_users)
-    histories = [rng.integers(0, n_items, size=rng.integers(0, 6)) for _ in range(n_users)]
+    histories = [rng.integers(0, n_items, size=rng.integers(0, 6)) for _ in range(n_users)]  # repeats too
     ranks = ranks_from_scores(torch.tensor(scores), torch.tensor(targets), histories if exclude else None)
     expected = [naive_rank_scores(scores[u], targets[u], histories[u] if exclude else None) for u in range(n_users)]
     assert ranks.tolist() == expected
