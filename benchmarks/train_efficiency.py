@@ -10,7 +10,8 @@ the method's own fit runs up to its training loop, which is then stopped and dri
   away, its validation speed (users/s over `--valid-users` validation users, the run's own decoding).
 The dataset's features and SIDs come from the run's caches (a first run fits them; that time is not counted).
 
-Usage: python benchmarks/train_efficiency.py [--methods tiger,gr] [--steps 10] [--threads 1] [--json]
+Usage: python benchmarks/train_efficiency.py [--methods tiger,gr] [--steps 10] [--threads 1] [--precision bf16]
+       [--json]; run it with --precision fp32 and bf16 one after the other to compare.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from harness.api import Budget, TrainView
 from harness.data.interactions import TrainInteractions
 from harness.data.protocols import is_labelled
+from harness.engines.training import autocast
 from harness.run.evaluate import plugin_kwargs
 from harness.run.referee import prepare, resolve_device
 from harness.run.spec import RunSpec
@@ -69,10 +71,14 @@ class MatmulShapes(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+PRECISION = {"value": "fp32"}  # --precision: how the driven steps run their forward passes
+
+
 def _loop_step(module, optimizer, loss_of, clip_norm):
     def step(batch):
         optimizer.zero_grad()
-        loss = loss_of(batch)
+        with autocast(PRECISION["value"], next(module.parameters()).device):
+            loss = loss_of(batch)
         loss.backward()
         if clip_norm:
             torch.nn.utils.clip_grad_norm_(module.parameters(), clip_norm)
@@ -96,7 +102,8 @@ def _capture_etegrec_epoch(self, phase, align, samples, optimizer, generator, bu
         self.parts.train()
         self.tokenizer.requires_grad_(False)
         try:
-            loss = self.losses(users[idx], hists[idx], targets[idx], "generator", True)
+            with autocast(PRECISION["value"], self.device):
+                loss = self.losses(users[idx], hists[idx], targets[idx], "generator", True)
             gen_opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.parts.parameters(), 1.0)
@@ -220,9 +227,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the tracks pin 1)")
     parser.add_argument("--valid-users", type=int, default=256)
+    parser.add_argument("--precision", default="fp32", help="fp32 or bf16 (autocast forward passes, as --precision)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    PRECISION["value"] = args.precision
     _patch_training_loops()
     rows = []
     for name in args.methods.split(","):
@@ -239,7 +248,7 @@ def main() -> None:
                "bf16_at_shapes", "batches_per_epoch", "epoch_s_at_step_rate", "valid_users_per_s"]
     print(tabulate([[r.get(c) for c in columns] for r in rows], headers=columns))
     print(f"matmul 2048^3 in this process: fp32 {big32:.1f} GFLOP/s, bf16 {big16:.1f} GFLOP/s "
-          f"({args.threads} thread{'s' if args.threads > 1 else ''})")
+          f"({args.threads} thread{'s' if args.threads > 1 else ''}); steps in {args.precision}")
 
 
 if __name__ == "__main__":

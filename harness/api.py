@@ -151,15 +151,14 @@ class TrainView:
                  interactions: TrainInteractions | None = None, sid_provider: Callable[..., Any] | None = None,
                  pause: Callable[[], ContextManager[None]] | None = None, timed: bool = True,
                  checkpoint_every: int | None = None, checkpoint: Callable[[bytes], None] | None = None,
-                 restored: bytes | None = None):
+                 restored: bytes | None = None, precision: str = "fp32"):
         # copies, read-only: an in-place edit raises, and no array shares memory with the held-out tails
         self.sequences = [_frozen(s) for s in sequences]
         self.n_items = n_items
         self.n_users = len(sequences)
         self.items = items
         self.text_fields = list(text_fields)
-        self.validate = validate
-        self.device = device
+        self.validate, self.device = validate, device
         self.seed = seed
         self.work_dir = work_dir
         self.dataset = dataset
@@ -172,6 +171,7 @@ class TrainView:
         self._sid_provider = sid_provider
         self._pause = pause or contextlib.nullcontext
         self.checkpoint_every = checkpoint_every  # epochs between checkpoints (None: none are taken)
+        self.precision = precision  # fp32 | bf16: how the shared training loop runs forward passes
         self._checkpoint, self._restored = checkpoint, restored
 
     @contextlib.contextmanager

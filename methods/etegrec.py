@@ -1,8 +1,8 @@
 """ETEGRec (Liu et al., Generative Recommender with End-to-End Learnable Item Tokenization, SIGIR 2025).
 
-ETEGRec learns its item tokenizer and its generative recommender together: neither is fixed before the other trains.
-Where this file follows the authors' code (github.com/BishopLiu/ETEGRec, `trainer.py`, `model.py`,
-`config/scientific.yaml`, `run.sh`) the line is given; everything else is this harness's choice and says so.
+Tokenizer and generator learn together, neither fixed before the other trains. Where this file follows the authors'
+code (github.com/BishopLiu/ETEGRec: `trainer.py`, `model.py`, `config/scientific.yaml`, `run.sh`) the line is given;
+everything else is this harness's choice and says so.
 
 Item tokenizer. An RQ-VAE over collaborative item embeddings (the item table of a SASRec trained on the training split,
 `sasrec-cf`, standardised per dimension), L levels of W codes (3 × 256, the reference's `num_emb_list`), warm-started
@@ -12,12 +12,10 @@ L codes coincide are told apart by a counter token (`counter_width` values), the
 
 Generative recommender. The T5-style encoder-decoder of the shared engine reads the history's codes and emits the
 target's codes level by level, trained with teacher-forced code cross-entropy. Its code embeddings are tied: level
-l's embedding table embeds level-l tokens on the way in and scores level l on the way out (logits = decoder state ·
-the level's code embeddings, no bias), as the reference's per-level `token_embeddings` do (model.py L46, L88, L113,
-L130-131). `tie_code_embeddings` replaces the engine's untied heads by views of its one embedding table
-(`TiedCodeHead`), so the engine itself is unchanged. The code embeddings start from N(0, `code_embedding_std`²),
-0.02 as the reference initialises every embedding (model.py L58-64); tied heads that small learn slowly, which short
-runs (the smoke track's few hundred steps) feel: there 0.125 ≈ d^-½.
+l's table embeds level-l tokens and scores level l (logits = decoder state · the level's code embeddings, no bias),
+as the reference's per-level `token_embeddings` do (model.py L46, L88, L113, L130-131). `tie_code_embeddings` makes
+the engine's heads views of its one embedding table (`TiedCodeHead`), so the engine itself is unchanged. The code
+embeddings start from N(0, `code_embedding_std`²), 0.02 as the reference's (model.py L58-64); smoke: 0.125.
 
 Alignment (after `align_warmup` epochs, in both phases; the reference's `warm_epoch`, trainer.py L517-529):
 - SIA, sequence-item alignment: the pooled encoder state, projected into the embedding space and tokenized, should
@@ -64,6 +62,7 @@ from tqdm import tqdm
 
 from harness.api import Budget, TrainView, check_finite, register
 from harness.engines.generative import GenerativeRetrieval, SIDResolver, training_samples
+from harness.engines.training import autocast
 from harness.errors import ConfigError, HarnessError
 from harness.features import embed_items
 from harness.nn.transformer import SIDTransformer
@@ -260,7 +259,8 @@ class ETEGRec(GenerativeRetrieval):
             for idx in torch.randperm(len(targets), generator=generator).split(self.config["batch_size"]):
                 if budget.exhausted():
                     break
-                loss = self.losses(users[idx], hists[idx], targets[idx], phase, align)
+                with autocast(self.precision, self.device):
+                    loss = self.losses(users[idx], hists[idx], targets[idx], phase, align)
                 check_finite(loss, step)
                 optimizer.zero_grad()
                 loss.backward()
@@ -288,7 +288,7 @@ class ETEGRec(GenerativeRetrieval):
 
     def fit(self, train: TrainView, budget: Budget) -> None:
         cfg = self.config
-        self.device = train.device
+        self.device, self.precision = train.device, train.precision
         torch.manual_seed(train.seed)
         generator = torch.Generator().manual_seed(train.seed)
         self.interactions = train.interactions()

@@ -130,17 +130,18 @@ class ResultSet:
         return rows, disagreements
 
 
-ROW_PARTS = ("config", "split", "protocol", "budget", "versions", "bound")
+ROW_PARTS = ("config", "split", "protocol", "budget", "versions", "precision", "bound")
 
 
 def row_key(record: dict[str, Any]) -> tuple:
     """What must be equal for two records to share a board row: the method configuration, the split, the protocol,
-    the track's budget, the metric and protocol versions, and whether the clock ended training (`budget_bound`)."""
+    the track's budget, the metric and protocol versions, the training precision, and whether the clock ended
+    training (`budget_bound`)."""
     budget = record.get("budget") or {}
     return (record.get("method_config_hash", ""), record.get("split_id"),
             json.dumps(record.get("protocol") or {}, sort_keys=True, default=str),
             (budget.get("seconds"), budget.get("max_epochs")),
-            (record.get("metric_version"), record.get("protocol_version")),
+            (record.get("metric_version"), record.get("protocol_version")), record.get("precision", "fp32"),
             record.get("status") == "budget_bound")
 
 
@@ -150,7 +151,7 @@ def _row_names(label: str, keys: list[tuple]) -> dict[tuple, str]:
     varying = {part for i, part in enumerate(ROW_PARTS[:-1]) if len({k[i] for k in keys}) > 1}
     names = {}
     for key in keys:
-        config, split, protocol, budget, versions, bound = key
+        config, split, protocol, budget, versions, precision, bound = key
         said = []
         if "config" in varying:
             said.append(f"config {str(config)[:6]}")
@@ -162,6 +163,8 @@ def _row_names(label: str, keys: list[tuple]) -> dict[tuple, str]:
             said.append(f"budget {budget[0]}s/{budget[1]} epochs")
         if "versions" in varying:
             said.append(f"metric v{versions[0]}, protocol v{versions[1]}")
+        if "precision" in varying:
+            said.append(precision)
         names[key] = label + (f" [{', '.join(said)}]" if said else "") + (" (budget-bound)" if bound else "")
     return names
 

@@ -58,6 +58,8 @@ def add_commands(sub) -> dict[str, Any]:
                      help="where the plugin runs: sandbox (bubblewrap), process (a worker process of its own) or "
                      "none (the harness's own process: debugging only, never published); default "
                      "$HARNESS_ISOLATION or auto (sandbox where bwrap works, else process)")
+    run.add_argument("--precision", default=None, help="fp32 (default) or bf16: training forward passes under bf16 "
+                     "autocast, weights and optimiser in fp32 (pays on CPUs with AVX-512-BF16 / AMX, and on CUDA)")
     run.add_argument("--checkpoint-every", type=int, default=None, metavar="EPOCHS",
                      help="keep a checkpoint of the training state every EPOCHS epochs (shared training loop)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint (same "
@@ -200,7 +202,8 @@ def make_spec(args: argparse.Namespace, dataset: str, argv: Sequence[str]):
         asked["budget_seconds"] = parse_budget(args.budget)
     if getattr(args, "epochs", None) is not None:
         asked["max_epochs"] = args.epochs
-    for key in ("ks", "device", "isolation", "memory_mb", "checkpoint_every", "resume"):  # only what was given
+    # only what was given
+    for key in ("ks", "device", "isolation", "memory_mb", "checkpoint_every", "resume", "precision"):
         if getattr(args, key, None):
             asked[key] = getattr(args, key)
     if args.track:

@@ -48,7 +48,7 @@ def new_record(spec: RunSpec, run_id: str, started: datetime, paper: str, config
         "paper": paper,
         "dataset": dataset, "dataset_fingerprint": fingerprint, "split_id": split.split_id,
         "protocol": split.protocol, "track": spec.track, "seed": spec.seed,
-        "budget": {"seconds": spec.budget_seconds, "max_epochs": spec.max_epochs},
+        "budget": {"seconds": spec.budget_seconds, "max_epochs": spec.max_epochs}, "precision": spec.precision,
         "used": {}, "metrics": {}, "diagnostics": {}, "latency": {}, "curves": {},
         "eval": {"ks": list(spec.ks), "n_items": n_items, "users": int(len(split.test.users)),
                  "full_catalogue": True, "exclude_history": bool(split.protocol["exclude_history"]),

@@ -29,6 +29,7 @@ from harness.config import merge_config
 from harness.data import data_root, load_card, load_dataset, make_split
 from harness.data.interactions import TrainInteractions
 from harness.data.protocols import is_labelled, resolve
+from harness.engines.training import PRECISIONS
 from harness.errors import ConfigError, EvaluationError
 from harness.features.cache import cache_dir
 from harness.paths import LEADERBOARDS_DIR, SHARED_DATASETS, TRACKS_DIR
@@ -141,6 +142,8 @@ def check_spec(spec: RunSpec) -> None:
         raise ConfigError(f"budget of {spec.budget_seconds:g}s: a safety cap must be positive (or none)")
     if not spec.ks or min(spec.ks) < 1:
         raise ConfigError(f"cut-offs {list(spec.ks)}: each must be at least 1")
+    if spec.precision not in PRECISIONS:
+        raise ConfigError(f"--precision {spec.precision}: use one of {', '.join(PRECISIONS)}")
 
 
 class Observer(Protocol):
@@ -197,7 +200,7 @@ def _referee(spec: RunSpec, store: RunStore, prepared: Prepared, observer: Obser
                 text_fields=dataset.text_fields, seed=spec.seed, work_dir=work_dir, dataset=card.name,
                 exposures=split.train_exposures if labelled else None, users=dataset.users, protocol=split.protocol,
                 interactions=TrainInteractions.from_split(split, dataset.n_items), timed=dataset.timed,
-                checkpoint_every=spec.checkpoint_every, restored=restored)
+                checkpoint_every=spec.checkpoint_every, restored=restored, precision=spec.precision)
     keep = checkpoints.save if spec.checkpoint_every else None
     if observer is not None:
         observer.given(view)

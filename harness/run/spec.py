@@ -26,6 +26,7 @@ class RunSpec:
     track: str | None = None
     device: str = "auto"
     threads: int | None = None  # torch threads of the run (a track pins them); None: torch's default
+    precision: str = "fp32"  # fp32 | bf16: training forward passes under bf16 autocast (a track pins it)
     # where the plugin runs (harness.run.isolation): auto | sandbox | process | none ($HARNESS_ISOLATION, else auto)
     isolation: str = field(default_factory=lambda: os.environ.get("HARNESS_ISOLATION", "auto"))
     checkpoint_every: int | None = None  # epochs between checkpoints of the shared training loop (None: none)
@@ -51,7 +52,8 @@ class RunSpec:
         spec = cls(method=method, dataset=dataset, track=track.name, track_overrides=pins,
                    budget_seconds=track.budget_seconds, max_epochs=track.max_epochs, protocol=dict(track.protocol),
                    dataset_options=dict(track.dataset_options.get(dataset, {})), ks=list(track.ks),
-                   device=track.device, threads=track.threads)
+                   device=track.device, threads=track.threads,
+                   precision=track.precision)
         asked = dict(asked)
         asked["protocol"] = {**spec.protocol, **asked.get("protocol", {})}
         asked["dataset_options"] = {**spec.dataset_options, **asked.get("dataset_options", {})}

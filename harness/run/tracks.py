@@ -25,6 +25,7 @@ class Track:
     dataset_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     hardware: str = ""
     device: str = "auto"
+    precision: str = "fp32"  # fp32 | bf16 training (harness.engines.training.autocast)
     threads: int | None = None  # torch threads of every run, whether its seeds run side by side or alone
     embedder: str = "tfidf-svd"
     ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])

@@ -93,7 +93,7 @@ class AddressingQuantizer(nn.Module):
         for level, residual in enumerate(self.residuals(e.detach(), codes)):
             books = self.books(level).view(-1, self.dim)
             entry = rows[level] * self.width + codes[:, level]
-            sums = torch.zeros_like(books).index_add_(0, entry, residual)
+            sums = torch.zeros_like(books).index_add_(0, entry, residual.to(books.dtype))  # bf16 under autocast
             counts = torch.bincount(entry, minlength=len(books))
             used = counts > 0
             books[used] = self.decay * books[used] + (1 - self.decay) * sums[used] / counts[used, None]
