@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ from tqdm import tqdm
 
 from harness.api import Budget, TrainView, check_finite, register
 from harness.engines.generative import GenerativeRetrieval, SIDResolver, training_samples
-from harness.engines.training import autocast
+from harness.engines.training import autocast, lr_multiplier
 from harness.errors import ConfigError, HarnessError
 from harness.features import embed_items
 from harness.nn.transformer import SIDTransformer
@@ -70,7 +70,6 @@ from harness.sid import SIDTable, build_table
 from harness.sid.tokenizers import RQVAEModel, standardise
 
 # each with a linear warm-up from 0; `linear-warmup` (then flat) means what it means in the shared engine
-LR_SCHEDULES = ("cosine", "linear-decay", "linear-warmup")
 
 
 def level_distributions(model: RQVAEModel, z: torch.Tensor, temperature: float = 1.0) -> list[torch.Tensor]:
@@ -101,23 +100,6 @@ def first_rows(values: torch.Tensor) -> torch.Tensor:
     rows = torch.arange(len(values), device=values.device)
     first = torch.full((len(distinct),), len(values), dtype=torch.long, device=values.device)
     return first.scatter_reduce(0, inverse, rows, reduce="amin")
-
-
-def warmup_then_decay(kind: str, warmup: int, horizon: int) -> Callable[[int], float]:
-    """The factor on the base learning rate before optimiser step `step` (0-based): linear from 0 to 1 over `warmup`
-    steps, then down to 0 at `horizon` along half a cosine (`cosine`) or a straight line (`linear-decay`), or flat
-    (`linear-warmup`): transformers' schedules with warm-up (cosine, linear, constant), which the reference calls."""
-    if kind not in LR_SCHEDULES:
-        raise ConfigError(f"etegrec: lr_schedule {kind!r}: use one of {', '.join(LR_SCHEDULES)}")
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return step / max(1, warmup)
-        if kind == "linear-warmup":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, horizon - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
-    return factor
 
 
 class TiedCodeHead(nn.Module):
@@ -282,9 +264,9 @@ class ETEGRec(GenerativeRetrieval):
         warmup, horizon = int(cfg["warmup_steps"]), epochs * steps_per_epoch
         kind = cfg["lr_schedule"]
         return {"generator": torch.optim.lr_scheduler.LambdaLR(
-                    optimizers["generator"], warmup_then_decay(kind, warmup, horizon)),
+                    optimizers["generator"], lr_multiplier(kind, warmup, horizon)),
                 "tokenizer": torch.optim.lr_scheduler.LambdaLR(
-                    optimizers["tokenizer"], warmup_then_decay(kind, warmup // cycle, horizon // cycle))}
+                    optimizers["tokenizer"], lr_multiplier(kind, warmup // cycle, horizon // cycle))}
 
     def fit(self, train: TrainView, budget: Budget) -> None:
         cfg = self.config

@@ -19,7 +19,8 @@ from harness.engines.generative import training_samples
 from harness.run.referee import prepare
 from harness.run.spec import RunSpec
 from harness.sid import build_table, semantic_ids
-from methods.etegrec import ETEGRec, first_rows, level_distributions, symmetric_info_nce, warmup_then_decay
+from harness.engines.training import lr_multiplier
+from methods.etegrec import ETEGRec, first_rows, level_distributions, symmetric_info_nce
 
 TINY_ETEGREC = dict(levels=2, width=8, counter_width=64, d_model=32, heads=2, d_head=16, d_ff=64, enc_layers=1,
                     dec_layers=1, max_history=6, batch_size=64, tokenizer_hidden=[16], tokenizer_latent=8,
@@ -182,14 +183,14 @@ def test_defaults_are_the_references():
 # --- learning-rate schedule ---------------------------------------------------------------------------------------
 
 def test_warmup_then_cosine_factor():
-    factor = warmup_then_decay("cosine", 10, 110)
+    factor = lr_multiplier("cosine", 10, 110)
     assert [factor(s) for s in (0, 5, 10)] == [0.0, 0.5, 1.0]
     assert factor(60) == pytest.approx(0.5) and factor(110) == pytest.approx(0.0) and factor(500) == pytest.approx(0)
     values = [factor(s) for s in range(111)]
     assert all(a < b for a, b in zip(values[:10], values[1:11]))  # rises over the warm-up
     assert all(a > b for a, b in zip(values[10:110], values[11:111]))  # then falls
-    assert warmup_then_decay("linear-decay", 10, 110)(60) == pytest.approx(0.5)
-    assert warmup_then_decay("linear-warmup", 10, 110)(90) == 1.0
+    assert lr_multiplier("linear-decay", 10, 110)(60) == pytest.approx(0.5)
+    assert lr_multiplier("linear-warmup", 10)(90) == 1.0
 
 
 def test_learning_rates_warm_up_then_decay_with_the_reference_horizons():
@@ -211,7 +212,7 @@ def test_learning_rates_warm_up_then_decay_with_the_reference_horizons():
     generator = [got for base, got in seen if base == lr]
     tokenizer = [got for base, got in seen if base == tokenizer_lr]
     assert len(generator) == len(tokenizer) == epochs // 2 * per_epoch  # each part steps in its own epochs only
-    gen_factor, tok_factor = warmup_then_decay("cosine", 4, horizon), warmup_then_decay("cosine", 2, horizon // 2)
+    gen_factor, tok_factor = lr_multiplier("cosine", 4, horizon), lr_multiplier("cosine", 2, horizon // 2)
     assert generator == pytest.approx([lr * gen_factor(s) for s in range(len(generator))])
     assert tokenizer == pytest.approx([tokenizer_lr * tok_factor(s) for s in range(len(tokenizer))])
     assert generator[0] == 0.0 and max(generator) == pytest.approx(lr) == generator[4]  # warmed up after 4 steps

@@ -73,7 +73,7 @@ def autocast(precision: str, device: torch.device):
 
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad}
-LR_SCHEDULES = ("linear-warmup", "rsqrt")
+LR_SCHEDULES = ("linear-warmup", "rsqrt", "cosine", "linear-decay")
 
 
 def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float,
@@ -84,11 +84,24 @@ def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float,
     return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay)
 
 
-def lr_multiplier(schedule: str, warmup_steps: int) -> Callable[[int], float]:
+def lr_multiplier(schedule: str, warmup_steps: int, horizon: int | None = None) -> Callable[[int], float]:
     """The factor on the base lr before optimiser step s + 1 (s = steps already taken):
     - `linear-warmup`: (s + 1) / warmup up to 1, then constant;
     - `rsqrt`: 1 for the first `warmup_steps` steps, then √(warmup / (s + 1)), the inverse-square-root decay of T5
-      (with lr 0.01 and 10k steps: lr = 1 / √max(step, 10⁴), TIGER §4.1's schedule)."""
+      (with lr 0.01 and 10k steps: lr = 1 / √max(step, 10⁴), TIGER §4.1's schedule);
+    - `cosine` / `linear-decay`: s / warmup over the warm-up, then down to 0 at step `horizon` along half a cosine or
+      a straight line, and 0 after it (transformers' schedules with warm-up, which ETEGRec's reference calls)."""
+    if schedule in ("cosine", "linear-decay"):
+        if horizon is None:
+            raise ConfigError(f"lr_schedule {schedule!r} decays to 0 over a horizon, which this method does not set")
+        raw = int(warmup_steps)
+
+        def decay(s: int) -> float:
+            if s < raw:
+                return s / max(1, raw)
+            progress = min(1.0, (s - raw) / max(1, horizon - raw))
+            return 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+        return decay
     warmup = max(1, int(warmup_steps))
     if schedule == "linear-warmup":
         return lambda s: min(1.0, (s + 1) / warmup)
