@@ -19,7 +19,7 @@ demo: setup
 
 test: setup
 	$(BIN)/lint-imports
-	@echo "running the test suite: about 11 minutes on 2 idle cores, a dot per test"
+	@echo "running the test suite: about 13 minutes on 2 idle cores, a dot per test"
 	$(BIN)/python -m pytest -q
 
 test-slow: setup
