@@ -177,6 +177,7 @@ def test_max_steps_caps_the_shared_training_loop():
     module = torch.nn.Linear(2, 1)
     validated = []
     train = SimpleNamespace(load_checkpoint=lambda: None, checkpoint_every=0, device=torch.device("cpu"),
+                            precision="fp32",
                             validate=lambda method: validated.append(1) or {"ndcg@10": float(len(validated))})
     method = SimpleNamespace(name="stub")
     steps = []
