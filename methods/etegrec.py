@@ -46,7 +46,7 @@ horizon (trainer.py L102-107; cycle = 1 + `generator_epochs`).
 Decoding. Beam search over the SID vocabulary, constrained to valid SIDs by default. With free decoding
 (`constrained: false`) the counter can take any of `counter_width` values while an item's collision group may be
 smaller; the resolver keys SIDs over the widths the generator decodes, so a counter at or beyond its group's size
-resolves to no item and is counted invalid, never carried into the level above (`CounterResolver`).
+resolves to no item and is counted invalid, never carried into the level above (the engine's SIDResolver).
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ from torch import nn
 from tqdm import tqdm
 
 from harness.api import Budget, TrainView, check_finite, register
-from harness.engines.generative import GenerativeRetrieval, SIDResolver, training_samples
+from harness.engines.generative import GenerativeRetrieval, training_samples
 from harness.engines.training import autocast, lr_multiplier
 from harness.errors import ConfigError, HarnessError
 from harness.features import embed_items
@@ -129,20 +129,6 @@ def tie_code_embeddings(model: SIDTransformer, init_std: float) -> SIDTransforme
     return model
 
 
-class CounterResolver(SIDResolver):
-    """The engine's resolver with SIDs keyed over the widths the generator decodes (`counter_width` for the counter)
-    instead of the table's (whose last width is the largest collision group). Keyed over the table's widths, a
-    counter past the largest group would carry into the level above and name another SID's item; keyed over the
-    decoded widths, every generated SID has its own key, and one whose counter is at or beyond its group's size
-    finds no item: it is invalid (group -1)."""
-
-    def __init__(self, table: SIDTable, device: torch.device, widths: list[int]):
-        super().__init__(table, device)
-        widths_t = torch.as_tensor(widths, dtype=torch.int64)
-        self.radix = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.int64), widths_t.flip(0)[:-1]]), 0).flip(0)
-        self.sorted_keys, self.order = (torch.as_tensor(table.sids) * self.radix).sum(1).sort()
-
-
 @register
 class ETEGRec(GenerativeRetrieval):
     name = "etegrec"
@@ -155,8 +141,7 @@ class ETEGRec(GenerativeRetrieval):
         return [cfg["width"]] * cfg["levels"] + [cfg["counter_width"]]
 
     def use_table(self, table: SIDTable, widths: list[int] | None = None) -> None:
-        super().use_table(table, widths)
-        self.resolver = CounterResolver(table, self.device, self.decoded_widths() if widths is None else widths)
+        super().use_table(table, self.decoded_widths() if widths is None else widths)
 
     def recompute_codes(self) -> dict[str, Any]:
         """Every item's SID from the current tokenizer; rebuild the table, trie and resolver. Returns what changed."""

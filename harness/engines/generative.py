@@ -8,7 +8,7 @@ tokenizer / levels / width (Tables 1-2), arch encdec | deconly (Table 5), user_b
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -43,8 +43,12 @@ def training_samples(sequences: list[np.ndarray], max_history: int, sliding_wind
 class SIDResolver:
     """Generated SIDs → catalogue items under the table's collision strategy."""
 
-    def __init__(self, table: SIDTable, device: torch.device):
-        widths = torch.as_tensor(table.widths, dtype=torch.int64)
+    def __init__(self, table: SIDTable, device: torch.device, widths: Sequence[int] | None = None):
+        """SIDs are keyed in mixed radix over `widths`, the widths the generator decodes (default the table's), each
+        at least the table's: a decoded code past its level's table width (a counter beyond the largest collision
+        group) then has a key of its own and finds no item, instead of carrying into the level above."""
+        widths = torch.as_tensor(table.widths if widths is None else
+                                 [max(int(a), int(b)) for a, b in zip(table.widths, widths)], dtype=torch.int64)
         self.radix = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.int64), widths.flip(0)[:-1]]), 0).flip(0)
         keys = (torch.as_tensor(table.sids) * self.radix).sum(1)
         self.sorted_keys, self.order = keys.sort()
@@ -141,7 +145,7 @@ class GenerativeRetrieval(Method):
         self.item_sids = torch.as_tensor(table.codes, device=self.device)
         widths = list(table.widths) if widths is None else widths
         self.trie = PrefixTrie(table.codes, widths, self.device) if self.config["constrained"] else None
-        self.resolver = SIDResolver(table, self.device)
+        self.resolver = SIDResolver(table, self.device, widths)
 
     def model_shape(self) -> ModelShape:
         cfg = self.config
