@@ -11,14 +11,19 @@ the method's own fit runs up to its training loop, which is then stopped and dri
 The dataset's features and SIDs come from the run's caches (a first run fits them; that time is not counted).
 
 Usage: python benchmarks/train_efficiency.py [--methods tiger,gr] [--steps 10] [--threads 1] [--precision bf16]
-       [--json]; run it with --precision fp32 and bf16 one after the other to compare.
+       [--json] [--baseline REV]; run it with --precision fp32 and bf16 one after the other to compare.
+With `--baseline REV` (a git revision) each method is measured on REV's code and on this tree's, alternating, each in
+a fresh process (REV checked out in a temporary git worktree), and the ratios baseline / this tree are printed.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -221,6 +226,39 @@ def _validation_speed(method, prepared, users: int) -> dict[str, Any]:
         return {"valid_users_per_s": None, "valid_note": f"{type(exc).__name__}: {exc}"[:80]}
 
 
+def against_baseline(args) -> None:
+    """Each method on REV's code then on this tree's, one fresh process each, and their ratios."""
+    here = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "baseline"
+        subprocess.run(["git", "-C", str(here), "worktree", "add", "--detach", str(tree), args.baseline], check=True,
+                       capture_output=True)
+        try:
+            table = []
+            for name in args.methods.split(","):
+                got = {}
+                for label, root in (("baseline", tree), ("this tree", here)):
+                    print(f"measuring {name} on {label} ...", file=sys.stderr, flush=True)
+                    cmd = [sys.executable, str(Path(__file__).resolve()), "--methods", name, "--json", "--steps",
+                           str(args.steps), "--threads", str(args.threads), "--precision", args.precision,
+                           "--valid-users", str(args.valid_users)]
+                    env = {**os.environ, "PYTHONPATH": str(root)}
+                    out = subprocess.run(cmd, env=env, cwd=root, check=True, capture_output=True, text=True).stdout
+                    got[label] = json.loads(out)["rows"][0]
+                old, new = got["baseline"], got["this tree"]
+                speed = lambda key: round(old[key] / new[key], 2) if old.get(key) and new.get(key) else None
+                table.append([name, old["step_ms"], new["step_ms"], speed("step_ms"), old["share_of_fp32"],
+                              new["share_of_fp32"], old.get("valid_users_per_s"), new.get("valid_users_per_s"),
+                              round(new["valid_users_per_s"] / old["valid_users_per_s"], 2)
+                              if old.get("valid_users_per_s") and new.get("valid_users_per_s") else None])
+        finally:
+            subprocess.run(["git", "-C", str(here), "worktree", "remove", "--force", str(tree)], capture_output=True)
+    from tabulate import tabulate
+    print(tabulate(table, headers=["method", f"step ms {args.baseline}", "step ms now", "speed-up",
+                                   "share of fp32 before", "share now", "valid users/s before", "now", "speed-up"]))
+    print(f"{args.threads} thread(s), steps in {args.precision}; alternating fresh processes, this machine")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -229,7 +267,11 @@ def main() -> None:
     parser.add_argument("--valid-users", type=int, default=256)
     parser.add_argument("--precision", default="fp32", help="fp32 or bf16 (autocast forward passes, as --precision)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--baseline", help="git revision to measure beside this tree (ratios printed)")
     args = parser.parse_args()
+    if args.baseline:
+        against_baseline(args)
+        return
     torch.set_num_threads(args.threads)
     PRECISION["value"] = args.precision
     _patch_training_loops()

@@ -188,9 +188,9 @@ class ETEGRec(GenerativeRetrieval):
         The per-target terms take each distinct target of the batch once (its first row)."""
         cfg = self.config
         sids, users, targets = self.history_sids(hists), users.to(self.device), targets.to(self.device)
-        memory, mask = self.model.memory(sids, users)
+        memory = self.model.memory(sids, users)
         target_sids = self.item_sids[targets]
-        states = self.model.decoder_states(sids, users, target_sids, encoded=(memory, mask))
+        states = self.model.decoder_states(sids, users, target_sids, encoded=memory)
         once = first_rows(targets)
         items = self.cf[targets[once]]
         loss = self.tokenizer_loss(items) if phase == "tokenizer" else sum(
@@ -198,8 +198,7 @@ class ETEGRec(GenerativeRetrieval):
             for level, lg in enumerate(self.model.decode_logits(states, 0)))
         if not align:
             return loss
-        real = mask.reshape(len(memory), -1).float()
-        pooled = (memory * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
+        pooled = memory.mean()
         seq_levels = level_distributions(self.tokenizer, self.tokenizer.encoder(self.align["sequence"](pooled[once])))
         item_levels = level_distributions(self.tokenizer, self.tokenizer.encoder(items))
         sia = sum(symmetric_kl(p, q) for p, q in zip(seq_levels, item_levels)) / len(seq_levels)

@@ -35,7 +35,8 @@ from harness.features import item_features
 from harness.nn.beam import beam_search
 from harness.nn.item_tower import ItemTower
 from harness.nn.sampled_softmax import NegativeSampler, sampled_softmax_loss
-from harness.nn.transformer import Attention, ModelShape
+from harness.nn.attention import Attention, Dropout, PackedMemory
+from harness.nn.transformer import ModelShape
 
 
 class ItemLevelScorer(nn.Module):
@@ -49,17 +50,17 @@ class ItemLevelScorer(nn.Module):
         self.norm_query = nn.LayerNorm(d_model)
         self.cross_attn = Attention(d_model, heads, d_head, dropout)
         self.norm_ff = nn.LayerNorm(d_model)
-        self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
+        self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), Dropout(dropout), nn.Linear(d_ff, d_model))
         self.norm_out = nn.LayerNorm(d_model)
         self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, 1))
 
-    def forward(self, memory: torch.Tensor, mask: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """memory [U, T, d], mask [U, 1, 1, T], items [U, C] (per-user candidates) or [C] (shared) → scores [U, C]."""
+    def forward(self, memory: PackedMemory, items: torch.Tensor) -> torch.Tensor:
+        """memory: the packed encoder states of U users; items [U, C] (per-user candidates) or [C] (shared) →
+        scores [U, C]."""
         query = self.tower(items.clamp(min=0))
         if query.ndim == 2:
-            query = query.expand(len(memory), -1, -1)
-        k, v = self.cross_attn.keys_values(memory)
-        x = query + self.cross_attn(self.norm_query(query), k, v, mask)
+            query = query.expand(memory.packing.batch, -1, -1)
+        x = query + self.cross_attn.cross(self.norm_query(query), self.cross_attn.memory_kv(memory))
         x = x + self.ff(self.norm_ff(x))
         return self.head(self.norm_out(x)).squeeze(-1)
 
@@ -100,13 +101,13 @@ class Gryphon(GenerativeRetrieval):
     def training_loss(self, users: torch.Tensor, hists: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         sids, users, targets = self.history_sids(hists), users.to(self.device), targets.to(self.device)
-        memory, mask = self.model.memory(sids, users)  # shared by both losses
+        memory = self.model.memory(sids, users)  # shared by both losses
         target_sids = self.item_sids[targets]
-        logits = self.model(sids, users, target_sids, encoded=(memory, mask))
+        logits = self.model(sids, users, target_sids, encoded=memory)
         loss_gen = sum(F.cross_entropy(lg, target_sids[:, level]) for level, lg in enumerate(logits))
         negatives = self.sampler.sample(targets, self.sample_generator)
-        pos = self.ilsm(memory, mask, targets[:, None]).squeeze(1)
-        neg = self.ilsm(memory, mask, negatives)
+        pos = self.ilsm(memory, targets[:, None]).squeeze(1)
+        neg = self.ilsm(memory, negatives)
         log_q = self.sampler.log_q if cfg["logq_correction"] else None
         loss_item = sampled_softmax_loss(pos, neg, targets, negatives, log_q, cfg["temperature"])
         return loss_gen + cfg["item_loss_weight"] * loss_item
@@ -124,19 +125,19 @@ class Gryphon(GenerativeRetrieval):
         for start in range(0, len(histories), chunk):
             sids = self.history_sids(self._padded(histories[start:start + chunk]))
             u = None if user_tensor is None else user_tensor[start:start + chunk].to(self.device)
-            memory, mask = self.model.memory(sids, u)  # the one encoder pass
-            beams, beam_scores = beam_search(self.model, sids, u, beam, self.trie, encoded=(memory, mask))
-            parts.append(self._rank_pool(memory, mask, beams, beam_scores, k))
+            memory = self.model.memory(sids, u)  # the one encoder pass
+            beams, beam_scores = beam_search(self.model, sids, u, beam, self.trie, encoded=memory)
+            parts.append(self._rank_pool(memory, beams, beam_scores, k))
         return TopK(items=torch.cat([p.items for p in parts]), scores=torch.cat([p.scores for p in parts]),
                     extras={key: torch.cat([p.extras[key] for p in parts]) for key in parts[0].extras})
 
-    def _rank_pool(self, memory, mask, beams, beam_scores, k: int) -> TopK:
+    def _rank_pool(self, memory, beams, beam_scores, k: int) -> TopK:
         groups = self.resolver.groups(beams, beam_scores)
         sizes = torch.where(groups >= 0, self.resolver.sizes[groups.clamp(min=0)], torch.zeros_like(groups))
         pool_size = max(1, int(sizes.sum(1).max()))
         # The pool in beam order (each SID's whole collision group, sharing its beam score): vanilla GR's ranking.
         pool, pool_beam_scores = self.resolver.items(groups, beam_scores, pool_size)
-        scores = self.ilsm(memory, mask, pool.to(self.device)).float().cpu()
+        scores = self.ilsm(memory, pool.to(self.device)).float().cpu()
         scores = scores.masked_fill(pool < 0, float("-inf"))
         top = scores.topk(min(k, pool_size), dim=1)
         items = pool.gather(1, top.indices)
@@ -159,8 +160,8 @@ class Gryphon(GenerativeRetrieval):
         for start in range(0, len(histories), chunk):
             sids = self.history_sids(self._padded(histories[start:start + chunk]))
             u = None if user_tensor is None else user_tensor[start:start + chunk].to(self.device)
-            memory, mask = self.model.memory(sids, u)
-            parts.append(self.ilsm(memory, mask, candidates.to(self.device)).float().cpu())
+            memory = self.model.memory(sids, u)
+            parts.append(self.ilsm(memory, candidates.to(self.device)).float().cpu())
         return torch.cat(parts) if parts else torch.zeros(0, len(candidates))
 
     def diagnostics(self):

@@ -8,46 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from harness.nn.attention import Attention, Dropout, Packing, PackedMemory
+
 PAD, BOS = 0, 1
-
-
-class Attention(nn.Module):
-    def __init__(self, d_model: int, heads: int, d_head: int, dropout: float):
-        super().__init__()
-        self.heads, self.d_head, self.dropout = heads, d_head, dropout
-        self.q = nn.Linear(d_model, heads * d_head, bias=False)
-        self.kv = nn.Linear(d_model, 2 * heads * d_head, bias=False)
-        self.out = nn.Linear(heads * d_head, d_model, bias=False)
-
-    def split(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(x.shape[0], x.shape[1], self.heads, self.d_head).transpose(1, 2)
-
-    def keys_values(self, x: torch.Tensor, index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values [B, heads, T, d_head] of x [B, T, d]. With `index` (flat positions in [B * T]) only those
-        are projected; the others get zeros, so the caller must mask them out (history padding)."""
-        if index is None:
-            k, v = self.kv(x).chunk(2, dim=-1)
-        else:
-            rows = self.kv(x.reshape(-1, x.shape[-1]).index_select(0, index))
-            kv = rows.new_zeros(x.shape[0] * x.shape[1], rows.shape[1]).index_copy(0, index, rows)
-            k, v = kv.view(x.shape[0], x.shape[1], -1).chunk(2, dim=-1)
-        return self.split(k), self.split(v)
-
-    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-                causal: bool = False) -> torch.Tensor:
-        q = self.split(self.q(x))
-        group = q.shape[0] // k.shape[0]
-        if group > 1:  # several beams per user share that user's memory: fold the beams into the query axis
-            b, h, t, d = k.shape[0], q.shape[1], q.shape[2], q.shape[3]
-            q = q.view(b, group, h, t, d).transpose(1, 2).reshape(b, h, group * t, d)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        if group > 1:
-            y = y.view(b, h, group, t, d).transpose(1, 2).reshape(b * group, h, t, d)
-        return self.out(y.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
 
 
 class Block(nn.Module):
@@ -62,11 +27,12 @@ class Block(nn.Module):
             self.norm2 = nn.LayerNorm(d_model)
             self.cross_attn = Attention(d_model, heads, d_head, dropout)
         self.norm3 = nn.LayerNorm(d_model)
-        self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
-        self.drop = nn.Dropout(dropout)
+        self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), Dropout(dropout), nn.Linear(d_ff, d_model))
+        self.drop = Dropout(dropout)
 
-    def forward(self, x, self_mask=None, causal=False, memory_kv=None, memory_mask=None, cache=None):
-        """`cache`: dict holding this layer's past self-attention keys/values; extended in place (decoding)."""
+    def forward(self, x, self_mask=None, causal=False, memory_kv=None, cache=None):
+        """`memory_kv`: the cross-attention keys/values of packed encoder states (`Attention.memory_kv`); `cache`:
+        dict holding this layer's past self-attention keys/values, extended in place (decoding)."""
         h = self.norm1(x)
         k, v = self.self_attn.keys_values(h)
         if cache is not None:
@@ -75,24 +41,12 @@ class Block(nn.Module):
             cache["k"], cache["v"] = k, v
         x = x + self.drop(self.self_attn(h, k, v, self_mask, causal=causal and cache is None))
         if self.cross:
-            x = x + self.drop(self.cross_attn(self.norm2(x), *memory_kv, memory_mask))
+            x = x + self.drop(self.cross_attn.cross(self.norm2(x), memory_kv))
         return x + self.drop(self.ff(self.norm3(x)))
 
-    def packed(self, x: torch.Tensor, groups: list[tuple[int, int]]) -> torch.Tensor:
-        """The same block (no cross-attention, no mask) over packed tokens x [N, d]: `groups` lists (length, count)
-        runs of equal-length sequences in row order; attention runs once per run."""
-        attn = self.self_attn
-        h = self.norm1(x)
-        q = attn.q(h)
-        k, v = attn.kv(h).chunk(2, dim=-1)
-        out, start = [], 0
-        for length, count in groups:
-            rows = slice(start, start + length * count)
-            qb, kb, vb = (t[rows].reshape(count, length, attn.heads, attn.d_head).transpose(1, 2) for t in (q, k, v))
-            y = F.scaled_dot_product_attention(qb, kb, vb, dropout_p=attn.dropout if self.training else 0.0)
-            out.append(y.transpose(1, 2).reshape(length * count, -1))
-            start += length * count
-        x = x + self.drop(attn.out(torch.cat(out)))
+    def packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """The same block (no cross-attention) over packed tokens x [N, d], attention within each user."""
+        x = x + self.drop(self.self_attn.packed(self.norm1(x), packing))
         return x + self.drop(self.ff(self.norm3(x)))
 
 
@@ -160,38 +114,25 @@ class SIDTransformer(nn.Module):
         return torch.cat([torch.full((len(target), 1), BOS, device=target.device), shifted], dim=1)
 
     # --- encoder-decoder ----------------------------------------------------------------------------------------
-    def memory(self, sids: torch.Tensor, users: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder states [B, T, d] of the history and their key mask [B, 1, 1, T] (the user representation other
-        heads, such as Gryphon's item scorer, share with the decoder)."""
+    def memory(self, sids: torch.Tensor, users: torch.Tensor | None) -> PackedMemory:
+        """Encoder states of the history's tokens, packed (the user representation other heads, such as Gryphon's
+        item scorer, share with the decoder). Padding is masked out of every attention, so the encoder runs on the
+        kept tokens only; an empty history attends to its padding."""
         tokens, level = self.history_tokens(sids, users)
         pad = tokens == PAD
-        mask = (~pad)[:, None, None, :]  # attend to real tokens only
-        mask = mask | pad.all(dim=1)[:, None, None, None]  # an empty history attends to its padding
-        x = self._embed(tokens, level)
-        return self._encode_packed(x, mask.reshape(x.shape[:2])), mask
-
-    def _encode_packed(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """The encoder over the kept tokens only (padding is masked out of every attention, so skipping it changes no
-        kept state; most of a padded history is padding): users sorted by kept length, per-token layers on the packed
-        tokens, attention per run of equal length. States [B, T, d], zero at the padding."""
-        batch, length, d = x.shape
-        counts = keep.sum(1)
-        order = counts.argsort(stable=True)
-        index = (order[:, None] * length + torch.arange(length, device=x.device))[keep[order]]
-        lengths, users = torch.unique_consecutive(counts[order], return_counts=True)
-        groups = list(zip(lengths.tolist(), users.tolist()))
-        h = x.reshape(batch * length, d).index_select(0, index)
+        packing = Packing.of(~pad | pad.all(dim=1, keepdim=True))
+        flat = packing.index
+        x = (self.embed(tokens.reshape(-1)[flat]) + self.level_embed(level.reshape(-1)[flat])
+             + self.pos_embed(flat % packing.length))
         for block in self.encoder:
-            h = block.packed(h, groups)
-        return h.new_zeros(batch * length, d).index_copy(0, index, self.enc_norm(h)).view(batch, length, d)
+            x = block.packed(x, packing)
+        return PackedMemory(self.enc_norm(x), packing)
 
-    def encode(self, sids: torch.Tensor, users: torch.Tensor | None, encoded=None):
-        """Per decoder layer, the cross-attention keys/values (computed once per user), and the key mask.
-        `encoded` = a (memory, mask) pair already computed by `memory`."""
-        memory, mask = encoded if encoded is not None else self.memory(sids, users)
-        index = mask.reshape(-1).nonzero().squeeze(1)  # [B, 1, 1, T] → the flat positions decoders attend to
-        kv = [block.cross_attn.keys_values(memory, index) for block in self.decoder]
-        return kv, mask
+    def encode(self, sids: torch.Tensor, users: torch.Tensor | None, encoded: PackedMemory | None = None):
+        """Per decoder layer, the cross-attention keys/values (computed once per user). `encoded`: the memory
+        already computed by `memory`."""
+        memory = encoded if encoded is not None else self.memory(sids, users)
+        return [block.cross_attn.memory_kv(memory) for block in self.decoder]
 
     def decode_logits(self, x: torch.Tensor, start_level: int) -> list[torch.Tensor]:
         return [self.heads[start_level + i](x[:, i]) for i in range(x.shape[1])]
@@ -207,10 +148,10 @@ class SIDTransformer(nn.Module):
         dec_tokens = self.target_tokens(target)
         dec_level = torch.arange(self.levels, device=target.device).expand(len(target), -1)
         if self.shape.arch == "encdec":
-            kv, mask = self.encode(sids, users, encoded)
+            kv = self.encode(sids, users, encoded)
             x = self._embed(dec_tokens, dec_level)
             for block, memory_kv in zip(self.decoder, kv):
-                x = block(x, causal=True, memory_kv=memory_kv, memory_mask=mask)
+                x = block(x, causal=True, memory_kv=memory_kv)
             return self.dec_norm(x)
         tokens, level = self.history_tokens(sids, users)
         x = self._decoder_only(torch.cat([tokens, dec_tokens], 1), torch.cat([level, dec_level], 1))
@@ -233,8 +174,7 @@ class SIDTransformer(nn.Module):
         bos = torch.full((len(sids), 1), BOS, device=sids.device)
         bos_level = torch.zeros_like(bos)
         if self.shape.arch == "encdec":
-            kv, mask = self.encode(sids, users, encoded)
-            state = {"kv": kv, "mask": mask, "caches": caches, "length": 0}
+            state = {"kv": self.encode(sids, users, encoded), "caches": caches, "length": 0}
             return state, self.step(state, bos, 0)
         tokens, level = self.history_tokens(sids, users)
         x = self._decoder_only(torch.cat([tokens, bos], 1), torch.cat([level, bos_level], 1), caches)
@@ -249,7 +189,7 @@ class SIDTransformer(nn.Module):
         x = self._embed(token, level, start=position)
         if self.shape.arch == "encdec":
             for block, memory_kv, cache in zip(self.decoder, state["kv"], state["caches"]):
-                x = block(x, memory_kv=memory_kv, memory_mask=state["mask"], cache=cache)
+                x = block(x, memory_kv=memory_kv, cache=cache)
         else:
             state["pad"] = torch.cat([state["pad"], torch.ones_like(token, dtype=torch.bool)], 1)
             mask = state["pad"][:, None, None, :]

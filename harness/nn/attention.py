@@ -1,0 +1,163 @@
+"""Attention over packed token batches, and the dropout the SID transformers train with.
+
+A batch of left-padded histories is mostly padding (short histories: every position of every sequence is a target),
+and padding is masked out of every attention, so the encoder runs on the kept tokens only ("packed"). `Packing`
+records where those tokens sit; attention then runs once per run of users with equal kept length, with no mask and
+no padded keys. Cross-attention reads the packed encoder states the same way, so nothing is ever scattered back into
+a padded [B, T, d] layout unless a caller asks for it (`PackedMemory.padded`).
+
+Dropout draws its keep/drop decisions 16 bits at a time from 64-bit draws of the torch generator: four decisions per
+draw instead of one float per element (the drop probability is rounded to a multiple of 1/65536). Where training
+drops nothing (eval, p = 0) attention takes PyTorch's fused kernel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout: each element zeroed with probability p (to 1/65536), the others scaled by 1 / (1 - p)."""
+    if not training or p <= 0.0:
+        return x
+    n = x.numel()
+    draws = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,), device=x.device)
+    bits = draws.view(torch.int16)[:n].view(x.shape)
+    keep = bits >= -32768 + round(p * 65536)
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Module):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, training: bool,
+           mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+    """softmax(q kᵀ / √d + mask) v over [..., T, d] heads, attention weights dropped out with probability p."""
+    if not training or p <= 0.0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if causal and mask is None:
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return dropout(scores.softmax(-1), p, True) @ v
+
+
+@dataclass
+class Packing:
+    """The kept tokens of a padded batch [B, T], packed: users in order of kept length (stable), each user's tokens
+    in position order. `groups` lists (length, count) runs of users with equal kept length."""
+
+    order: torch.Tensor    # [B] packed user slot → user
+    inverse: torch.Tensor  # [B] user → packed user slot
+    index: torch.Tensor    # [N] packed token → flat position in [B * T]
+    groups: list[tuple[int, int]]
+    batch: int
+    length: int
+
+    @classmethod
+    def of(cls, keep: torch.Tensor) -> "Packing":
+        batch, length = keep.shape
+        counts = keep.sum(1)
+        order = counts.argsort(stable=True)
+        index = (order[:, None] * length + torch.arange(length, device=keep.device))[keep[order]]
+        lengths, users = torch.unique_consecutive(counts[order], return_counts=True)
+        return cls(order, order.argsort(), index, list(zip(lengths.tolist(), users.tolist())), batch, length)
+
+    @property
+    def sizes(self) -> list[int]:
+        """Packed tokens per group."""
+        return [length * count for length, count in self.groups]
+
+    def rows(self, per_user: int, inverse: bool = False) -> torch.Tensor:
+        """Row permutation of a [B * per_user, ...] tensor whose rows are grouped by user (beams): into packed user
+        order, or (inverse) back."""
+        slots = self.inverse if inverse else self.order
+        if per_user == 1:
+            return slots
+        return (slots[:, None] * per_user + torch.arange(per_user, device=slots.device)).reshape(-1)
+
+
+@dataclass
+class PackedMemory:
+    """Encoder states of the kept tokens [N, d] and their packing."""
+
+    states: torch.Tensor
+    packing: Packing
+
+    def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """States [B, T, d] (zero at padding) and the key mask [B, 1, 1, T] of the kept positions."""
+        pk, d = self.packing, self.states.shape[-1]
+        flat = self.states.new_zeros(pk.batch * pk.length, d).index_copy(0, pk.index, self.states)
+        mask = torch.zeros(pk.batch * pk.length, dtype=torch.bool, device=self.states.device)
+        mask[pk.index] = True
+        return flat.view(pk.batch, pk.length, d), mask.view(pk.batch, 1, 1, pk.length)
+
+    def mean(self) -> torch.Tensor:
+        """Per user, the mean of its kept states [B, d] (user order)."""
+        pk = self.packing
+        user = pk.index // pk.length
+        total = self.states.new_zeros(pk.batch, self.states.shape[-1]).index_add(0, user, self.states)
+        count = torch.bincount(user, minlength=pk.batch).clamp(min=1).to(total.dtype)
+        return total / count[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, heads: int, d_head: int, dropout: float):
+        super().__init__()
+        self.heads, self.d_head, self.dropout = heads, d_head, dropout
+        self.q = nn.Linear(d_model, heads * d_head, bias=False)
+        self.kv = nn.Linear(d_model, 2 * heads * d_head, bias=False)
+        self.out = nn.Linear(heads * d_head, d_model, bias=False)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.heads, self.d_head).transpose(1, 2)
+
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [B, heads, T, d_head] of x [B, T, d]."""
+        k, v = self.kv(x).chunk(2, dim=-1)
+        return self.split(k), self.split(v)
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                causal: bool = False) -> torch.Tensor:
+        """x [B, T, d] attends to padded keys/values [B, heads, S, d_head]."""
+        y = attend(self.split(self.q(x)), k, v, self.dropout, self.training, mask, causal)
+        return self.out(y.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+
+    def packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """Self-attention of packed tokens x [N, d], within each user (one fused q/k/v projection)."""
+        qkv = F.linear(x, torch.cat([self.q.weight, self.kv.weight]))
+        out = []
+        for (length, count), chunk in zip(packing.groups, qkv.split(packing.sizes)):
+            q, k, v = chunk.view(count, length, 3, self.heads, self.d_head).permute(2, 0, 3, 1, 4)
+            out.append(attend(q, k, v, self.dropout, self.training).transpose(1, 2).reshape(count * length, -1))
+        return self.out(torch.cat(out))
+
+    def memory_kv(self, memory: PackedMemory) -> tuple[torch.Tensor, torch.Tensor, Packing]:
+        """Cross-attention keys and values of packed encoder states (computed once per user)."""
+        k, v = self.kv(memory.states).chunk(2, dim=-1)
+        return k, v, memory.packing
+
+    def cross(self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor, Packing]) -> torch.Tensor:
+        """x [B * g, T, d] (g rows per user, grouped by user: beams) attends to its user's packed keys/values."""
+        k, v, packing = memory_kv
+        per_user, tokens = x.shape[0] // packing.batch, x.shape[1]
+        q = self.q(x).index_select(0, packing.rows(per_user))
+        out = []
+        for (length, count), qg, kg, vg in zip(packing.groups, q.split([c * per_user for _, c in packing.groups]),
+                                                k.split(packing.sizes), v.split(packing.sizes)):
+            heads = (qg.reshape(count, per_user * tokens, self.heads, self.d_head).transpose(1, 2),
+                     kg.view(count, length, self.heads, self.d_head).transpose(1, 2),
+                     vg.view(count, length, self.heads, self.d_head).transpose(1, 2))
+            y = attend(*heads, self.dropout, self.training)
+            out.append(y.transpose(1, 2).reshape(count * per_user, tokens, -1))
+        return self.out(torch.cat(out).index_select(0, packing.rows(per_user, inverse=True)))
