@@ -156,20 +156,24 @@ def _view(prepared, spec: RunSpec, device: torch.device) -> TrainView:
                      sid_provider=semantic_ids)
 
 
-def measure(name: str, steps: int, valid_users: int) -> dict[str, Any]:
-    track_name, dataset = METHODS[name]
-    spec = RunSpec.for_track(load_track(track_name), name, dataset)
+def capture(spec: RunSpec, device: torch.device):
+    """Run the method's fit up to its training loop; return (prepared, method, step, batches, per_epoch, setup_s)."""
     prepared = prepare(spec)
-    device = resolve_device("cpu")
     method = prepared.method_cls(dict(prepared.config))
     view = _view(prepared, spec, device)
     start = time.perf_counter()
     try:
         method.fit(view, Budget(None, spec.max_epochs))
-        raise RuntimeError(f"{name}: fit returned without reaching a training loop this benchmark knows")
+        raise RuntimeError(f"{spec.method}: fit returned without reaching a training loop this benchmark knows")
     except _Captured as captured:
-        setup_s = time.perf_counter() - start
-        step, batches, per_epoch = captured.step, captured.batches, captured.per_epoch
+        return (prepared, method, captured.step, captured.batches, captured.per_epoch,
+                time.perf_counter() - start)
+
+
+def measure(name: str, steps: int, valid_users: int) -> dict[str, Any]:
+    track_name, dataset = METHODS[name]
+    spec = RunSpec.for_track(load_track(track_name), name, dataset)
+    prepared, method, step, batches, per_epoch, setup_s = capture(spec, resolve_device("cpu"))
     row: dict[str, Any] = {"method": name, "track": track_name, "dataset": dataset, "setup_s": round(setup_s, 1),
                            "batches_per_epoch": per_epoch}
     for batch in batches[:2]:  # warm-up
