@@ -34,6 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from harness.api import Budget, TrainView
+from harness.data.cards import data_root
 from harness.data.interactions import TrainInteractions
 from harness.data.protocols import is_labelled
 from harness.engines.training import autocast
@@ -246,7 +247,8 @@ def against_baseline(args) -> None:
                     cmd = [sys.executable, str(Path(__file__).resolve()), "--methods", name, "--json", "--steps",
                            str(args.steps), "--threads", str(args.threads), "--precision", args.precision,
                            "--valid-users", str(args.valid_users)]
-                    env = {**os.environ, "PYTHONPATH": str(root)}
+                    # both trees read this tree's data root (a worktree has no ../shared beside it)
+                    env = {**os.environ, "PYTHONPATH": str(root), "HARNESS_DATA_DIR": str(data_root())}
                     out = subprocess.run(cmd, env=env, cwd=root, check=True, capture_output=True, text=True).stdout
                     got[label] = json.loads(out)["rows"][0]
                 old, new = got["baseline"], got["this tree"]

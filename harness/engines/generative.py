@@ -185,20 +185,30 @@ class GenerativeRetrieval(Method):
                 out[row, n - len(tail):] = torch.tensor(tail)  # a copy: views may be read-only
         return out
 
+    def decode_order(self, histories: list[np.ndarray]) -> np.ndarray:
+        """Users in the order the packed encoder sorts them (kept history length; an empty history keeps all its
+        padding, so it comes last): a chunk of similar lengths packs into few attention runs and needs no row
+        permutation. Each user's beams depend on that user only, so the order changes no result."""
+        n = self.config["max_history"]
+        return np.argsort([min(len(h), n) or n + 1 for h in histories], kind="stable")
+
     @torch.no_grad()
     def generate(self, histories: list[np.ndarray], users: np.ndarray | None, beam: int):
         """Beam search in chunks of users: SIDs [B, beam, L] and log-probabilities [B, beam]."""
         self.model.eval()
         chunk = max(1, int(self.config["decode_batch"]))
+        order = self.decode_order(histories)
         all_sids, all_scores = [], []
         user_tensor = None if users is None else torch.as_tensor(np.asarray(users, dtype=np.int64))
         for start in range(0, len(histories), chunk):
-            hist = self.history_sids(self._padded(histories[start:start + chunk]))
-            u = None if user_tensor is None else user_tensor[start:start + chunk].to(self.device)
+            rows = order[start:start + chunk]
+            hist = self.history_sids(self._padded([histories[i] for i in rows]))
+            u = None if user_tensor is None else user_tensor[torch.as_tensor(rows)].to(self.device)
             sids, scores = beam_search(self.model, hist, u, beam, self.trie)
             all_sids.append(sids.cpu())
             all_scores.append(scores.cpu())
-        return torch.cat(all_sids), torch.cat(all_scores)
+        inverse = torch.as_tensor(np.argsort(order))
+        return torch.cat(all_sids)[inverse], torch.cat(all_scores)[inverse]
 
     def recommend(self, histories: list[np.ndarray], k: int, users: np.ndarray | None = None) -> TopK:
         beam = max(int(self.config["beam"]), k)

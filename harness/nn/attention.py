@@ -63,6 +63,7 @@ class Packing:
     groups: list[tuple[int, int]]
     batch: int
     length: int
+    in_order: bool  # users already in packed order (the caller sorted them by length): no row permutation needed
 
     @classmethod
     def of(cls, keep: torch.Tensor) -> "Packing":
@@ -71,7 +72,8 @@ class Packing:
         order = counts.argsort(stable=True)
         index = (order[:, None] * length + torch.arange(length, device=keep.device))[keep[order]]
         lengths, users = torch.unique_consecutive(counts[order], return_counts=True)
-        return cls(order, order.argsort(), index, list(zip(lengths.tolist(), users.tolist())), batch, length)
+        in_order = bool((order == torch.arange(batch, device=order.device)).all())
+        return cls(order, order.argsort(), index, list(zip(lengths.tolist(), users.tolist())), batch, length, in_order)
 
     @property
     def sizes(self) -> list[int]:
@@ -151,7 +153,8 @@ class Attention(nn.Module):
         """x [B * g, T, d] (g rows per user, grouped by user: beams) attends to its user's packed keys/values."""
         k, v, packing = memory_kv
         per_user, tokens = x.shape[0] // packing.batch, x.shape[1]
-        q = self.q(x).index_select(0, packing.rows(per_user))
+        in_order = packing.in_order
+        q = self.q(x) if in_order else self.q(x).index_select(0, packing.rows(per_user))
         out = []
         for (length, count), qg, kg, vg in zip(packing.groups, q.split([c * per_user for _, c in packing.groups]),
                                                 k.split(packing.sizes), v.split(packing.sizes)):
@@ -160,4 +163,5 @@ class Attention(nn.Module):
                      vg.view(count, length, self.heads, self.d_head).transpose(1, 2))
             y = attend(*heads, self.dropout, self.training)
             out.append(y.transpose(1, 2).reshape(count * per_user, tokens, -1))
-        return self.out(torch.cat(out).index_select(0, packing.rows(per_user, inverse=True)))
+        y = torch.cat(out)
+        return self.out(y if in_order else y.index_select(0, packing.rows(per_user, inverse=True)))
