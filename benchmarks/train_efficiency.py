@@ -12,8 +12,9 @@ The dataset's features and SIDs come from the run's caches (a first run fits the
 
 Usage: python benchmarks/train_efficiency.py [--methods tiger,gr] [--steps 10] [--threads 1] [--precision bf16]
        [--json] [--baseline REV]; run it with --precision fp32 and bf16 one after the other to compare.
-With `--baseline REV` (a git revision) each method is measured on REV's code and on this tree's, alternating, each in
-a fresh process (REV checked out in a temporary git worktree), and the ratios baseline / this tree are printed.
+With `--baseline REV` (a git revision) each method is measured on REV's code and on this tree's, alternating for
+`--rounds` rounds, each in a fresh process (REV checked out in a temporary git worktree); the medians and the ratios
+baseline / this tree (per round and their median) are printed.
 """
 from __future__ import annotations
 
@@ -241,28 +242,34 @@ def against_baseline(args) -> None:
         try:
             table = []
             for name in args.methods.split(","):
-                got = {}
-                for label, root in (("baseline", tree), ("this tree", here)):
-                    print(f"measuring {name} on {label} ...", file=sys.stderr, flush=True)
-                    cmd = [sys.executable, str(Path(__file__).resolve()), "--methods", name, "--json", "--steps",
-                           str(args.steps), "--threads", str(args.threads), "--precision", args.precision,
-                           "--valid-users", str(args.valid_users)]
-                    # both trees read this tree's data root (a worktree has no ../shared beside it)
-                    env = {**os.environ, "PYTHONPATH": str(root), "HARNESS_DATA_DIR": str(data_root())}
-                    out = subprocess.run(cmd, env=env, cwd=root, check=True, capture_output=True, text=True).stdout
-                    got[label] = json.loads(out)["rows"][0]
-                old, new = got["baseline"], got["this tree"]
-                speed = lambda key: round(old[key] / new[key], 2) if old.get(key) and new.get(key) else None
-                table.append([name, old["step_ms"], new["step_ms"], speed("step_ms"), old["share_of_fp32"],
-                              new["share_of_fp32"], old.get("valid_users_per_s"), new.get("valid_users_per_s"),
-                              round(new["valid_users_per_s"] / old["valid_users_per_s"], 2)
-                              if old.get("valid_users_per_s") and new.get("valid_users_per_s") else None])
+                got = {"baseline": [], "this tree": []}
+                for round_ in range(args.rounds):  # alternate, so drifting load hits both trees alike
+                    for label, root in (("baseline", tree), ("this tree", here)):
+                        print(f"measuring {name} on {label} (round {round_ + 1}) ...", file=sys.stderr, flush=True)
+                        cmd = [sys.executable, str(Path(__file__).resolve()), "--methods", name, "--json", "--steps",
+                               str(args.steps), "--threads", str(args.threads), "--precision", args.precision,
+                               "--valid-users", str(args.valid_users)]
+                        # both trees read this tree's data root (a worktree has no ../shared beside it)
+                        env = {**os.environ, "PYTHONPATH": str(root), "HARNESS_DATA_DIR": str(data_root())}
+                        out = subprocess.run(cmd, env=env, cwd=root, check=True, capture_output=True,
+                                             text=True).stdout
+                        got[label].append(json.loads(out)["rows"][0])
+                median = lambda label, key: statistics.median(r[key] for r in got[label]) \
+                    if all(r.get(key) for r in got[label]) else None
+                ratios = [a["step_ms"] / b["step_ms"] for a, b in zip(got["baseline"], got["this tree"])]
+                old_v, new_v = median("baseline", "valid_users_per_s"), median("this tree", "valid_users_per_s")
+                table.append([name, median("baseline", "step_ms"), median("this tree", "step_ms"),
+                              round(statistics.median(ratios), 2), " ".join(f"{r:.2f}" for r in ratios),
+                              median("baseline", "share_of_fp32"), median("this tree", "share_of_fp32"), old_v, new_v,
+                              round(new_v / old_v, 2) if old_v and new_v else None])
         finally:
             subprocess.run(["git", "-C", str(here), "worktree", "remove", "--force", str(tree)], capture_output=True)
     from tabulate import tabulate
-    print(tabulate(table, headers=["method", f"step ms {args.baseline}", "step ms now", "speed-up",
-                                   "share of fp32 before", "share now", "valid users/s before", "now", "speed-up"]))
-    print(f"{args.threads} thread(s), steps in {args.precision}; alternating fresh processes, this machine")
+    print(tabulate(table, headers=["method", f"step ms {args.baseline}", "step ms now", "speed-up (median)",
+                                   "per round", "share of fp32 before", "share now", "valid users/s before", "now",
+                                   "speed-up"]))
+    print(f"{args.threads} thread(s), steps in {args.precision}; medians over {args.rounds} rounds of alternating fresh "
+          f"processes on this machine")
 
 
 def main() -> None:
@@ -274,6 +281,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", help="fp32 or bf16 (autocast forward passes, as --precision)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--baseline", help="git revision to measure beside this tree (ratios printed)")
+    parser.add_argument("--rounds", type=int, default=3, help="with --baseline: alternating rounds per method")
     args = parser.parse_args()
     if args.baseline:
         against_baseline(args)
