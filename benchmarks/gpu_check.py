@@ -28,14 +28,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_efficiency as te  # noqa: E402  (the benchmark beside this one: its capture of training loops)
 
+from harness import registry  # noqa: E402
 from harness.nn.beam import beam_search  # noqa: E402
 from harness.nn.transformer import ModelShape, SIDTransformer  # noqa: E402
 from harness.run.referee import resolve_device  # noqa: E402
 from harness.run.spec import RunSpec  # noqa: E402
 from harness.run.tracks import load_track  # noqa: E402
 
-METHODS = ["sasrec", "argus", "tiger", "gr", "gr-resolved", "gryphon", "letter", "etegrec", "dig"]
-TEXT_METHODS = {"tiger", "gr", "gr-resolved", "gryphon", "letter", "etegrec"}
+METHODS = list(te.METHODS)  # the neural methods, as the efficiency benchmark lists them
 
 
 def _sync(device: torch.device) -> None:
@@ -119,7 +119,8 @@ def main() -> None:
             skipped.append(method)
             continue
         dataset = "ml-100k" if method == "dig" else args.dataset
-        overrides = {"embedder": args.embedder} if method in TEXT_METHODS else {}
+        # the methods that embed item text are those with an embedder in their config (as a track pins it)
+        overrides = {"embedder": args.embedder} if "embedder" in registry.get(method).default_config else {}
         if args.track:  # the track's sizes and first dataset
             track = load_track(args.track)
             spec = RunSpec.for_track(track, method, track.datasets[0], overrides=overrides, device=str(device))
