@@ -46,7 +46,7 @@ class RunSpec:
         """A spec under the track's pins: budget, epoch cap, protocol, dataset options, cut-offs, device, threads, the
         method's sizes and, for SID methods, the embedder. What is asked wins; a protocol or dataset options asked
         for are laid over the track's rather than replacing them."""
-        pins = dict(track.method_overrides.get(method, {}))
+        pins = track.pins(method, dataset)
         if "embedder" in registry.get(method).default_config:  # the track pins the embedder of SID methods
             pins.setdefault("embedder", track.embedder)
         spec = cls(method=method, dataset=dataset, track=track.name, track_overrides=pins,

@@ -33,6 +33,9 @@ class Track:
     seeds: int = 5
     tuning: dict[str, Any] = field(default_factory=dict)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # per dataset, laid over method_overrides: {dataset: {method: {key: value}}}, e.g. a longer patience where a
+    # small dataset's validation curve is noisy
+    dataset_method_overrides: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def ranked_seeds(self) -> int:
@@ -42,6 +45,11 @@ class Track:
     @property
     def budget_seconds(self) -> float | None:
         return parse_budget(self.budget)
+
+    def pins(self, method: str, dataset: str) -> dict[str, Any]:
+        """The method config values this track pins on `dataset`."""
+        return {**self.method_overrides.get(method, {}),
+                **self.dataset_method_overrides.get(dataset, {}).get(method, {})}
 
     def check_dataset(self, dataset: str) -> None:
         if dataset not in self.datasets:
@@ -58,6 +66,11 @@ def load_track(name: str) -> Track:
         raise HarnessError(f"unknown track {name!r}; available: {', '.join(track_names())}")
     raw = yaml.safe_load(path.read_text()) or {}
     try:
-        return Track(**raw)
+        track = Track(**raw)
     except TypeError as exc:
         raise ConfigError(f"malformed track file {path}: {exc}") from None
+    unknown = set(track.dataset_method_overrides) - set(track.datasets)
+    if unknown:
+        raise ConfigError(f"track file {path}: dataset_method_overrides names datasets the track does not have: "
+                          f"{', '.join(sorted(unknown))}")
+    return track
