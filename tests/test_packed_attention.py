@@ -3,7 +3,7 @@ transformers' dropout drops at its rate."""
 import pytest
 import torch
 
-from harness.nn.attention import Packing, PackedMemory, dropout
+from harness.nn.attention import KVCache, Packing, PackedMemory, dropout
 from harness.nn.transformer import PAD, ModelShape, SIDTransformer
 
 
@@ -97,3 +97,22 @@ def test_dropout_drops_at_its_rate_and_keeps_the_mean(p):
     assert dropout(x, p, training=False) is x and dropout(x, 0.0, training=True) is x
     columns = dropout(torch.ones(1, 100_000), p, True).view(-1, 4) == 0  # the four decisions of one draw
     assert abs(columns.float().mean(0) - p).max() < 0.02  # every 16-bit lane is used alike
+
+
+def test_kv_cache_holds_what_concatenation_and_row_selection_give():
+    """The decoder cache writes positions in place and copies only filled positions on beam re-selection: at every
+    step it must hold exactly the keys/values that concatenating and index-selecting the full tensors gives,
+    also past its planned capacity (it grows)."""
+    gen = torch.Generator().manual_seed(0)
+    cache, ref_k, ref_v = KVCache(capacity=2), None, None
+    rows = 3
+    for step in range(4):
+        k, v = (torch.randn(rows, 2, 1 if step else 2, 4, generator=gen) for _ in range(2))
+        got_k, got_v = cache.append(k, v)
+        ref_k = k if ref_k is None else torch.cat([ref_k, k], 2)
+        ref_v = v if ref_v is None else torch.cat([ref_v, v], 2)
+        assert torch.equal(got_k, ref_k) and torch.equal(got_v, ref_v)
+        index = torch.randint(0, rows, (rows + 2,), generator=gen)  # beams re-selected (and expanded)
+        cache.select(index)
+        ref_k, ref_v, rows = ref_k[index], ref_v[index], rows + 2
+        assert torch.equal(cache.k[:, :, :cache.length], ref_k) and torch.equal(cache.v[:, :, :cache.length], ref_v)

@@ -165,3 +165,40 @@ class Attention(nn.Module):
             out.append(y.transpose(1, 2).reshape(count * per_user, tokens, -1))
         y = torch.cat(out)
         return self.out(y if in_order else y.index_select(0, packing.rows(per_user, inverse=True)))
+
+
+class KVCache:
+    """One decoder layer's self-attention keys and values while decoding, in buffers [R, heads, capacity, d_head]
+    filled to `length`: a step writes its new position in place (no copy of the past), and beam re-selection copies
+    the filled positions only, straight into the new rows' buffers."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.length = capacity, 0
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add positions k, v [R, heads, n, d_head]; return the keys and values of every position so far (views)."""
+        end = self.length + k.shape[2]
+        if self.k is None or end > self.k.shape[2]:  # first call, or more positions than planned: grow
+            self._resize(k.shape[0], max(end, self.capacity), k)
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep rows `index` (beam re-selection or expansion)."""
+        if self.k is None:
+            return
+        old_k, old_v, n = self.k, self.v, self.length
+        self._resize(len(index), old_k.shape[2], old_k)
+        torch.index_select(old_k[:, :, :n], 0, index, out=self.k[:, :, :n])
+        torch.index_select(old_v[:, :, :n], 0, index, out=self.v[:, :, :n])
+
+    def _resize(self, rows: int, capacity: int, like: torch.Tensor) -> None:
+        shape = (rows, like.shape[1], capacity, like.shape[3])
+        k, v = like.new_empty(shape), like.new_empty(shape)
+        if self.k is not None and rows == self.k.shape[0]:  # growing in place: keep what is filled
+            k[:, :, :self.length], v[:, :, :self.length] = self.k[:, :, :self.length], self.v[:, :, :self.length]
+        self.k, self.v = k, v

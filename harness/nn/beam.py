@@ -55,7 +55,8 @@ def beam_search(model: SIDTransformer, sids: torch.Tensor, users: torch.Tensor |
         parent = flat // width
         code = flat % width
         keep = (parent + torch.arange(batch, device=sids.device)[:, None] * beam).reshape(-1)
-        model.reorder(state, keep)
+        if level < levels - 1:  # the last level's caches are never read again
+            model.reorder(state, keep)
         history = torch.cat([history.index_select(0, keep), code.reshape(-1, 1)], dim=1)
         if trie is not None:
             prefix = trie.advance(level, prefix.index_select(0, keep), code.reshape(-1))

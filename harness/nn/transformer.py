@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.nn.attention import Attention, Dropout, Packing, PackedMemory
+from harness.nn.attention import Attention, Dropout, KVCache, Packing, PackedMemory
 
 PAD, BOS = 0, 1
 
@@ -32,13 +32,11 @@ class Block(nn.Module):
 
     def forward(self, x, self_mask=None, causal=False, memory_kv=None, cache=None):
         """`memory_kv`: the cross-attention keys/values of packed encoder states (`Attention.memory_kv`); `cache`:
-        dict holding this layer's past self-attention keys/values, extended in place (decoding)."""
+        this layer's past self-attention keys/values (`KVCache`), extended in place (decoding)."""
         h = self.norm1(x)
         k, v = self.self_attn.keys_values(h)
         if cache is not None:
-            if "k" in cache:
-                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
+            k, v = cache.append(k, v)
         x = x + self.drop(self.self_attn(h, k, v, self_mask, causal=causal and cache is None))
         if self.cross:
             x = x + self.drop(self.cross_attn.cross(self.norm2(x), memory_kv))
@@ -170,14 +168,14 @@ class SIDTransformer(nn.Module):
     # --- incremental decoding -----------------------------------------------------------------------------------
     def start(self, sids: torch.Tensor, users: torch.Tensor | None, encoded=None):
         """Run the encoder (or the decoder-only prefix) once; return state for `step` and the level-0 logits."""
-        caches = [dict() for _ in self.decoder]
         bos = torch.full((len(sids), 1), BOS, device=sids.device)
-        bos_level = torch.zeros_like(bos)
         if self.shape.arch == "encdec":
+            caches = [KVCache(self.levels) for _ in self.decoder]  # BOS, then one token per later level
             state = {"kv": self.encode(sids, users, encoded), "caches": caches, "length": 0}
             return state, self.step(state, bos, 0)
         tokens, level = self.history_tokens(sids, users)
-        x = self._decoder_only(torch.cat([tokens, bos], 1), torch.cat([level, bos_level], 1), caches)
+        caches = [KVCache(tokens.shape[1] + self.levels) for _ in self.decoder]
+        x = self._decoder_only(torch.cat([tokens, bos], 1), torch.cat([level, torch.zeros_like(bos)], 1), caches)
         state = {"caches": caches, "length": tokens.shape[1] + 1, "pad": torch.cat(
             [tokens != PAD, torch.ones_like(bos, dtype=torch.bool)], 1)}
         return state, self.heads[0](x[:, -1])
@@ -203,7 +201,6 @@ class SIDTransformer(nn.Module):
         """Keep the rows `index` of the self-attention caches (beam re-selection or expansion). Cross-attention
         keys/values stay one per user: beams must remain grouped by user, in user order."""
         for cache in state["caches"]:
-            for key in cache:
-                cache[key] = cache[key].index_select(0, index)
+            cache.select(index)
         if "pad" in state:
             state["pad"] = state["pad"].index_select(0, index)
