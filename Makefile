@@ -5,10 +5,11 @@ BIN    := $(VENV)/bin
 
 .PHONY: setup demo test test-slow clean
 
-$(BIN)/harness: pyproject.toml
+$(BIN)/harness: pyproject.toml examples/cornac_peers/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[dev,app,dask]'
 	$(BIN)/pip install --quiet -e examples/itemknn
+	$(BIN)/pip install --quiet -e examples/cornac_peers
 	touch $(BIN)/harness
 
 setup: $(BIN)/harness

@@ -233,6 +233,8 @@ class Method:
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    # e.g. "cornac 3.0.1": another library's implementation run under this harness's protocol, a reference row
+    peer: ClassVar[str] = ""
     uses_user_ids: ClassVar[bool] = False  # True: recommend/score also get `users=` (dense user indices)
     # True: on the labelled protocol recommend/score also get `exposures=` (one ExposureHistory per user: every
     # labelled exposure before the evaluated block); False methods see positives only, as `histories`

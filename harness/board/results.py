@@ -30,13 +30,14 @@ def is_stale(record: dict[str, Any]) -> bool:
 
 
 def row_label(record: dict[str, Any]) -> str:
-    """`sasrec`, `sasrec[loss=bce]` (explicit overrides) or `sasrec (tuned)`."""
+    """`sasrec`, `sasrec[loss=bce]` (explicit overrides) or `sasrec (tuned)`; a peer's row says whose it is:
+    `cornac-sasrec (peer: cornac 3.0.1)`."""
+    label = record["method"]
     if record.get("tuning"):
-        return f"{record['method']} (tuned)"
-    overrides = record.get("config_overrides") or {}
-    if overrides:
-        return record["method"] + "[" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) + "]"
-    return record["method"]
+        label += " (tuned)"
+    elif record.get("config_overrides"):
+        label += "[" + ",".join(f"{k}={v}" for k, v in sorted(record["config_overrides"].items())) + "]"
+    return label + (f" (peer: {record['peer']})" if record.get("peer") else "")
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Peer rows: other libraries' implementations run under the harness's split, seeds and evaluator (`peer` records)."""
