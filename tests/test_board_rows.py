@@ -222,3 +222,21 @@ def test_item_metrics_are_shown_beside_the_pessimistic_ones_and_recomputed_from_
     per_user = ResultSet(records=[record], sources={record["run_id"]: path}).per_user(record)
     assert per_user["recall@1"].tolist() == [0, 1, 0] and per_user["recall@3"].tolist() == [1, 1, 0]
     assert np.allclose(per_user["item_recall@1"], [1 / 3, 1, 0]) and np.allclose(per_user["item_recall@3"], [1, 1, 0])
+
+
+def test_gryphon_table_2_is_given_over_a_rows_seeds():
+    """A row whose runs scored their beam pool three ways gets a Table 2 of mean ± sd over its seeds (the section
+    `harness export` appends to the board's markdown and `harness leaderboard` prints); rows without a pool get none."""
+    from harness.board.tables import pool_rows, pool_sections
+
+    def gryphon(seed, sid, beam, scorer):
+        record = _record(f"y{seed}", "gryphon", seed, scorer)
+        record["diagnostics"] = {"sid_recall@10": sid, "beam_ranked/recall@10": beam}
+        return record
+    records = [gryphon(0, 0.30, 0.20, 0.24), gryphon(1, 0.34, 0.22, 0.26), _record("t0", "tiger", 0, 0.2)]
+    rows = {row["scoring of the beam pool"]: row["Recall@10"] for row in pool_rows(records)}
+    assert rows == {"SID-level (beam scores)": "0.3200 ± 0.0283", "item-level (beam scores)": "0.2100 ± 0.0141",
+                    "item-level (item scorer)": "0.2500 ± 0.0141"}  # the tiger record has no pool: left out
+    sections = pool_sections({"gryphon": records[:2], "tiger": records[2:]})
+    assert sections.count("Gryphon Table 2") == 1 and "gryphon" in sections and "2 seed(s)" in sections
+    assert pool_rows(records[2:]) == []

@@ -187,20 +187,40 @@ def render(rows: list[dict[str, Any]], fmt: str = "md") -> str:
                     missingval="-")
 
 
+def pool_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Gryphon's Table 2 over a row's seeds: the same beam pool scored three ways (SID level, items by beam
+    likelihood, items by the item-level scorer), test Recall@k per cut-off, mean ± sd over seeds. [] when the runs
+    have no such pool."""
+    records = [r for r in records if any(k.startswith("beam_ranked/recall@") for k in r.get("diagnostics") or {})]
+    if not records:
+        return []
+    ks = sorted(int(key.split("@")[1]) for key in records[0]["diagnostics"] if key.startswith("beam_ranked/recall@"))
+    views = [("SID-level (beam scores)", lambda r, k: r["diagnostics"].get(f"sid_recall@{k}")),
+             ("item-level (beam scores)", lambda r, k: r["diagnostics"][f"beam_ranked/recall@{k}"])]
+    if any(f"beam_ranked/item_recall@{k}" in records[0]["diagnostics"] for k in ks):  # metric_version 3
+        views.append(("item-level (beam scores, expected in collision groups)",
+                      lambda r, k: r["diagnostics"].get(f"beam_ranked/item_recall@{k}")))
+    views.append(("item-level (item scorer)", lambda r, k: r["metrics"]["test"].get(f"recall@{k}")))
+    return [{"scoring of the beam pool": name, **{f"Recall@{k}": _spread([get(r, k) for r in records]) for k in ks}}
+            for name, get in views]
+
+
 def pool_views(record: dict[str, Any]) -> str | None:
-    """Gryphon's Table 2 for one run: the same beam pool scored three ways (SID level, items by beam likelihood,
-    items by the item-level scorer), Recall@k per cut-off on the test split. None when the run has no such pool."""
-    diag, test = record.get("diagnostics") or {}, record.get("metrics", {}).get("test", {})
-    ks = sorted(int(key.split("@")[1]) for key in diag if key.startswith("beam_ranked/recall@"))
-    if not ks:
-        return None
-    rows = [["SID-level (beam scores)", *[diag.get(f"sid_recall@{k}", float("nan")) for k in ks]],
-            ["item-level (beam scores)", *[diag[f"beam_ranked/recall@{k}"] for k in ks]],
-            ["item-level (item scorer)", *[test.get(f"recall@{k}", float("nan")) for k in ks]]]
-    if any(f"beam_ranked/item_recall@{k}" in diag for k in ks):  # metric_version 3
-        rows.insert(2, ["item-level (beam scores, expected in collision groups)",
-                        *[diag.get(f"beam_ranked/item_recall@{k}", float("nan")) for k in ks]])
-    return tabulate(rows, headers=["scoring of the beam pool", *[f"Recall@{k}" for k in ks]], floatfmt=".4f")
+    """Gryphon's Table 2 for one run; None when the run has no such pool."""
+    rows = pool_rows([record])
+    return tabulate(rows, headers="keys", disable_numparse=True) if rows else None
+
+
+def pool_sections(groups: dict[str, list[dict[str, Any]]], fmt: str = "md") -> str:
+    """One Gryphon Table 2 per board row that has a beam pool, for the board's markdown and `harness leaderboard`."""
+    out = []
+    for label, records in groups.items():
+        rows = pool_rows(records)
+        if rows:
+            seeds = len({r.get("seed", 0) for r in records})
+            out.append(f"Gryphon Table 2, {label}: the same beam pool scored three ways (test, {seeds} seed(s))\n\n"
+                       + render(rows, fmt))
+    return "\n\n".join(out)
 
 
 def _spread(values: Sequence[float], spec: str = ".4f") -> str:

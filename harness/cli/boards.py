@@ -85,13 +85,17 @@ def cmd_compare(args: argparse.Namespace, argv=None) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace, argv=None) -> int:
-    from harness.board.tables import leaderboard_rows, render
+    from harness.board.tables import leaderboard_rows, pool_sections, render
     results = read_results(args, args.dataset)
     if not results.records:
         raise HarnessError(f"no ok records for dataset {args.dataset!r}"
                            + (f" in track {args.track!r}" if args.track else "") + "; run `harness run` first")
     primary, ks, min_seeds = _primary(args)
     print(render(leaderboard_rows(results, ks, primary, args.correction, args.alpha, min_seeds), args.format))
+    if args.format in ("plain", "md"):
+        pools = pool_sections(results.groups(), args.format)
+        if pools:
+            print("\n" + pools)
     return 0
 
 
@@ -99,7 +103,7 @@ def cmd_export(args: argparse.Namespace, argv=None) -> int:
     from harness import METRIC_VERSION, PROTOCOL_VERSION
     from harness.board.results import export_board, is_stale, load_results
     from harness.board.store import RunStore
-    from harness.board.tables import leaderboard_rows, render
+    from harness.board.tables import leaderboard_rows, pool_sections, render
     from harness.paths import LEADERBOARDS_DIR
     from harness.run.tracks import load_track
     if not args.track and not args.dataset:
@@ -118,6 +122,9 @@ def cmd_export(args: argparse.Namespace, argv=None) -> int:
         ks, primary, min_seeds = (track.ks, track.primary_metric, track.ranked_seeds) if track \
             else ([5, 10, 20, 50], "ndcg@10", 3)
         table = render(leaderboard_rows(results, ks, primary, args.correction, args.alpha, min_seeds), "md")
+        pools = pool_sections(results.groups())
+        if pools:
+            table += "\n\n" + pools
         stale = [r for r in results.records if is_stale(r)]
         if stale:  # kept for reference, never mixed silently with current runs
             table = (f"> {len(stale)} of {len(results.records)} records are stale (recorded under an older metric or "
