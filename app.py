@@ -109,13 +109,21 @@ def flagship(results: ResultSet) -> tuple[str, str]:
     return max(boards, key=completeness)
 
 
+def asked(name: str, options: list, default: int = 0) -> int:
+    """The index of the option a link asks for (`?track=cpu-small&dataset=scientific&a=argus&b=sasrec`), else the
+    default: a board can be linked to as it is shown."""
+    wanted = st.query_params.get(name)
+    names = [o if isinstance(o, str) else "/".join(map(str, o)) for o in options]
+    return names.index(wanted) if wanted in names else default
+
+
 def leaderboard_view(results: ResultSet) -> None:
     first_track, first_dataset = flagship(results)
     tracks = sorted({str(r.get("track")) for r in results.records}, key=lambda t: (t == "None", t))
-    track = st.selectbox("Track", tracks, index=tracks.index(first_track), format_func=track_name)
+    track = st.selectbox("Track", tracks, index=asked("track", tracks, tracks.index(first_track)), format_func=track_name)
     datasets = sorted({r["dataset"] for r in results.records if str(r.get("track")) == track})
-    dataset = st.selectbox("Dataset", datasets, index=datasets.index(first_dataset) if first_dataset in datasets
-                           else 0)
+    dataset = st.selectbox("Dataset", datasets, index=asked("dataset", datasets, datasets.index(first_dataset)
+                                                            if first_dataset in datasets else 0))
     subset = results.subset(lambda r: str(r.get("track")) == track and r["dataset"] == dataset)
     ks = subset.records[0].get("eval", {}).get("ks") or [5, 10, 20, 50]
     ranking = [m for m in ("auc", "gauc") if any(m in r["metrics"].get("test", {}) for r in subset.records)]
@@ -191,15 +199,16 @@ def leaderboard_view(results: ResultSet) -> None:
 
 def compare_view(results: ResultSet) -> None:
     datasets = sorted({(str(r.get("track")), r["dataset"]) for r in results.records})
-    track, dataset = st.selectbox("Track / dataset", datasets, format_func=lambda t: f"{track_name(t[0])} / {t[1]}")
+    track, dataset = st.selectbox("Track / dataset", datasets, format_func=lambda t: f"{track_name(t[0])} / {t[1]}",
+                                  index=asked("board", datasets))  # ?board=cpu-small/scientific
     subset = results.subset(lambda r: (str(r.get("track")), r["dataset"]) == (track, dataset))
     groups = subset.groups()
     labels = sorted(groups)
     if len(labels) < 2:
         st.info("Two methods with results on this dataset are needed for a comparison.")
         return
-    a = st.selectbox("Method A", labels, index=0)
-    b = st.selectbox("Method B", labels, index=1)
+    a = st.selectbox("Method A", labels, index=asked("a", labels, 0))
+    b = st.selectbox("Method B", labels, index=asked("b", labels, 1))
     if a == b:
         st.warning("Method A and method B are the same row: pick two different rows to compare.")
         return

@@ -174,3 +174,21 @@ def test_the_app_opens_on_the_flagship_board_and_names_untracked_runs(published,
     assert not at.exception
     assert at.selectbox[0].value == "smoke"  # the board with the complete rows, not the lone untracked run
     assert "untracked runs" in at.selectbox[0].options and "None" not in at.selectbox[0].options
+
+
+def test_a_link_opens_the_board_and_the_comparison_it_names(published, tmp_path, monkeypatch):
+    at = AppTest.from_file(APP)
+    at.query_params.update({"view": "Compare", "board": "smoke/synthetic", "a": "test-noisy-pop", "b": "pop"})
+    at.run(timeout=60)
+    assert not at.exception
+    assert (at.selectbox[1].value, at.selectbox[2].value) == ("test-noisy-pop", "pop")  # not the default order
+    monkeypatch.delenv("HARNESS_LEADERBOARDS_DIR", raising=False)  # the published boards: several tracks
+    at = AppTest.from_file(APP)
+    at.query_params.update({"track": "cpu-small", "dataset": "ml-latest-small"})
+    at.run(timeout=60)
+    assert not at.exception
+    assert (at.selectbox[0].value, at.selectbox[1].value) == ("cpu-small", "ml-latest-small")
+    at = AppTest.from_file(APP)
+    at.query_params.update({"track": "no-such-track"})
+    at.run(timeout=60)
+    assert not at.exception and at.selectbox[0].value != "no-such-track"  # an unknown name: the default board
