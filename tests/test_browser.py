@@ -101,3 +101,17 @@ def test_the_first_screen_on_the_published_boards(tmp_path):
     env["HARNESS_RUNS_DIR"] = str(tmp_path / "no-store")  # the published boards only
     text = shoot(tmp_path, {"first-screen": ("", "runs · split")}, env)["first-screen"]
     assert "None" not in text.split("Track")[1].splitlines()[1]  # a real track, not the untracked runs
+
+
+@needs_browser
+def test_the_cpu_small_board_and_a_comparison_on_it(tmp_path):
+    """The pictures of the README's boards section: the published cpu-small / scientific board and one paired
+    comparison on it, opened by the links the app understands."""
+    env = {k: v for k, v in os.environ.items() if k != "HARNESS_LEADERBOARDS_DIR"}
+    env["HARNESS_RUNS_DIR"] = str(tmp_path / "no-store")
+    texts = shoot(tmp_path, {
+        "cpu-small-scientific": ("?track=cpu-small&dataset=scientific", "runs · split"),
+        "compare-cpu-small-scientific": ("?view=Compare&board=cpu-small/scientific&a=argus&b=sasrec", "Per-user difference of")},
+        env)
+    assert "argus" in texts["cpu-small-scientific"] and "sasrec" in texts["cpu-small-scientific"]
+    assert "argus" in texts["compare-cpu-small-scientific"]
