@@ -240,3 +240,28 @@ def test_gryphon_table_2_is_given_over_a_rows_seeds():
     sections = pool_sections({"gryphon": records[:2], "tiger": records[2:]})
     assert sections.count("Gryphon Table 2") == 1 and "gryphon" in sections and "2 seed(s)" in sections
     assert pool_rows(records[2:]) == []
+
+
+def test_rows_say_when_their_best_validation_was_and_whether_every_seed_converged():
+    """`best_epoch`: the median epoch of each seed's best validation (the first best, on the method's own validation
+    metric); `converged`: yes when every seed's best came before its last validation, else which seeds were still
+    improving when training ended; `-` for rows that were not trained over epochs."""
+    from harness.board.tables import best_and_last, leaderboard_rows
+
+    def trained(run_id, method, seed, curve, metric="ndcg@10"):
+        record = _record(run_id, method, seed, 0.2)
+        record["method_config"] = {"valid_metric": metric}
+        record["curves"] = {"validation": [{"epoch": 2 * (i + 1), "ndcg@10": v, "recall@10": 1 - v}
+                                           for i, v in enumerate(curve)]}
+        return record
+    assert best_and_last(trained("a", "m", 0, [0.1, 0.3, 0.3, 0.2]), "ndcg@10") == (4, 8)  # the first best
+    assert best_and_last(trained("a", "m", 0, [0.1, 0.3, 0.2], "recall@10"), "ndcg@10") == (2, 6)  # its own metric
+    assert best_and_last(trained("a", "m", 0, [0.1]), "ndcg@10") is None
+    records = [trained(f"s{s}", "sasrec", s, [0.1, 0.3, 0.2]) for s in range(3)]
+    records += [trained("t0", "tiger", 0, [0.1, 0.2]), trained("t1", "tiger", 1, [0.1, 0.3, 0.2]),
+                trained("t2", "tiger", 2, [0.1, 0.2, 0.3])]
+    records += [_record(f"p{s}", "pop", s, 0.1) for s in range(3)]
+    rows = {r["method"]: r for r in leaderboard_rows(ResultSet(records=records), [10], "ndcg@10")}
+    assert (rows["sasrec"]["best_epoch"], rows["sasrec"]["converged"]) == (4.0, "yes")
+    assert (rows["tiger"]["best_epoch"], rows["tiger"]["converged"]) == (4.0, "no: best = last (seeds 0, 2)")
+    assert (rows["pop"]["best_epoch"], rows["pop"]["converged"]) == (None, "-")

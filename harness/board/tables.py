@@ -64,6 +64,29 @@ def ranking(results: ResultSet, groups: dict[str, list[dict]], min_seeds: int = 
     return {name for name in groups if name not in reasons}, reasons
 
 
+def best_and_last(record: dict[str, Any], primary: str) -> tuple[int, int] | None:
+    """The epoch of a run's best validation (the first best, as early stopping keeps it, on the method's own
+    validation metric) and of its last one; None for a run validated fewer than twice (nothing to converge)."""
+    curve = [c for c in (record.get("curves") or {}).get("validation") or [] if "epoch" in c]
+    metric = (record.get("method_config") or {}).get("valid_metric", primary)
+    if len(curve) < 2 or any(metric not in c for c in curve):
+        return None
+    best = max(range(len(curve)), key=lambda i: (curve[i][metric], -i))
+    return curve[best]["epoch"], curve[-1]["epoch"]
+
+
+def convergence(records: Sequence[dict[str, Any]], primary: str) -> tuple[float | None, str]:
+    """(median best-validation epoch, `yes` when every seed's best validation came before its last, else
+    `no: best = last (seeds ...)`, the seeds still improving when training ended); `-` for untrained rows."""
+    points = {r.get("seed", 0): best_and_last(r, primary) for r in records}
+    known = {seed: p for seed, p in points.items() if p is not None}
+    if not known:
+        return None, "-"
+    improving = sorted(seed for seed, (best, last) in known.items() if best == last)
+    return _median([best for best, _ in known.values()]), \
+        "yes" if not improving else "no: best = last (seeds " + ", ".join(map(str, improving)) + ")"
+
+
 def leaderboard_rows(results: ResultSet, ks: Sequence[int], primary: str, correction: str = "holm",
                      alpha: float = 0.05, min_seeds: int = 3) -> list[dict[str, Any]]:
     """One row per comparable configuration. `tied_with_best`: best, tied (not significantly different from the best
@@ -100,6 +123,7 @@ def leaderboard_rows(results: ResultSet, ks: Sequence[int], primary: str, correc
         row["params"] = _median([r.get("params") for r in records])
         used = [r.get("used") or {} for r in records]
         row["epochs"] = _median([u.get("epochs") for u in used])
+        row["best_epoch"], row["converged"] = convergence(records, primary)
         row["train_s"] = _median([u.get("train_seconds") for u in used])
         row["cpu_s"] = _median([u.get("cpu_seconds") for u in used])
         row["stage_s"] = _median([u.get("stage_seconds") for u in used])
