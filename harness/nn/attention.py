@@ -181,7 +181,7 @@ class KVCache:
         """Add positions k, v [R, heads, n, d_head]; return the keys and values of every position so far (views)."""
         end = self.length + k.shape[2]
         if self.k is None or end > self.k.shape[2]:  # first call, or more positions than planned: grow
-            self._resize(k.shape[0], max(end, self.capacity), k)
+            self._resize(k.shape[0], max(end, self.capacity), k, keep=self.k is not None)
         self.k[:, :, self.length:end] = k
         self.v[:, :, self.length:end] = v
         self.length = end
@@ -192,13 +192,14 @@ class KVCache:
         if self.k is None:
             return
         old_k, old_v, n = self.k, self.v, self.length
-        self._resize(len(index), old_k.shape[2], old_k)
+        self._resize(len(index), old_k.shape[2], old_k, keep=False)
         torch.index_select(old_k[:, :, :n], 0, index, out=self.k[:, :, :n])
         torch.index_select(old_v[:, :, :n], 0, index, out=self.v[:, :, :n])
 
-    def _resize(self, rows: int, capacity: int, like: torch.Tensor) -> None:
+    def _resize(self, rows: int, capacity: int, like: torch.Tensor, keep: bool) -> None:
+        """New buffers; `keep`: copy the filled positions over (growing the same rows)."""
         shape = (rows, like.shape[1], capacity, like.shape[3])
         k, v = like.new_empty(shape), like.new_empty(shape)
-        if self.k is not None and rows == self.k.shape[0]:  # growing in place: keep what is filled
+        if keep:
             k[:, :, :self.length], v[:, :, :self.length] = self.k[:, :, :self.length], self.v[:, :, :self.length]
         self.k, self.v = k, v
