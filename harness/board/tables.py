@@ -242,7 +242,7 @@ def pool_sections(groups: dict[str, list[dict[str, Any]]], fmt: str = "md") -> s
         rows = pool_rows(records)
         if rows:
             seeds = len({r.get("seed", 0) for r in records})
-            out.append(f"Gryphon Table 2, {label}: the same beam pool scored three ways (test, {seeds} seed(s))\n\n"
+            out.append(f"Gryphon Table 2, {label}: the same beam pool scored three ways (test recall, mean ± sd over {seeds} seed(s))\n\n"
                        + render(rows, fmt))
     return "\n\n".join(out)
 
