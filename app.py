@@ -208,7 +208,7 @@ def compare_view(results: ResultSet) -> None:
         st.info("Two methods with results on this dataset are needed for a comparison.")
         return
     a = st.selectbox("Method A", labels, index=asked("a", labels, 0))
-    b = st.selectbox("Method B", labels, index=asked("b", labels, 1))
+    b = st.selectbox("Method B", labels, index=asked("b", labels, next(i for i, x in enumerate(labels) if x != a)))
     if a == b:
         st.warning("Method A and method B are the same row: pick two different rows to compare.")
         return

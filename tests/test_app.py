@@ -199,4 +199,4 @@ def test_a_link_opens_the_board_and_the_comparison_it_names(published, tmp_path,
     at = AppTest.from_file(APP)
     at.query_params.update({"track": "no-such-track"})
     at.run(timeout=60)
-    assert not at.exception and at.selectbox[0].value != "no-such-track"  # an unknown name: the default board
+    assert not at.exception and at.selectbox[0].value == "smoke"  # an unknown name: the default (flagship) board

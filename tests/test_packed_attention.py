@@ -99,20 +99,53 @@ def test_dropout_drops_at_its_rate_and_keeps_the_mean(p):
     assert abs(columns.float().mean(0) - p).max() < 0.02  # every 16-bit lane is used alike
 
 
-def test_kv_cache_holds_what_concatenation_and_row_selection_give():
+class ConcatCache:
+    """The plain reference: concatenate every new position, index-select every row on re-selection."""
+
+    def __init__(self, capacity: int):
+        self.k = self.v = None
+
+    def append(self, k, v):
+        self.k = k if self.k is None else torch.cat([self.k, k], 2)
+        self.v = v if self.v is None else torch.cat([self.v, v], 2)
+        return self.k, self.v
+
+    def select(self, index):
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
+@pytest.mark.parametrize("capacity", [2, 8])  # 2: grows past what was planned; 8: every write in place
+def test_kv_cache_holds_what_concatenation_and_row_selection_give(capacity):
     """The decoder cache writes positions in place and copies only filled positions on beam re-selection: at every
-    step it must hold exactly the keys/values that concatenating and index-selecting the full tensors gives,
-    also past its planned capacity (it grows)."""
+    step it must hold exactly what concatenating and index-selecting gives."""
     gen = torch.Generator().manual_seed(0)
-    cache, ref_k, ref_v = KVCache(capacity=2), None, None
-    rows = 3
+    cache, reference, rows = KVCache(capacity), ConcatCache(capacity), 3
     for step in range(4):
         k, v = (torch.randn(rows, 2, 1 if step else 2, 4, generator=gen) for _ in range(2))
-        got_k, got_v = cache.append(k, v)
-        ref_k = k if ref_k is None else torch.cat([ref_k, k], 2)
-        ref_v = v if ref_v is None else torch.cat([ref_v, v], 2)
-        assert torch.equal(got_k, ref_k) and torch.equal(got_v, ref_v)
+        got, want = cache.append(k, v), reference.append(k, v)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
         index = torch.randint(0, rows, (rows + 2,), generator=gen)  # beams re-selected (and expanded)
         cache.select(index)
-        ref_k, ref_v, rows = ref_k[index], ref_v[index], rows + 2
-        assert torch.equal(cache.k[:, :, :cache.length], ref_k) and torch.equal(cache.v[:, :, :cache.length], ref_v)
+        reference.select(index)
+        rows += 2
+        assert torch.equal(cache.k[:, :, :cache.length], reference.k)
+        assert torch.equal(cache.v[:, :, :cache.length], reference.v)
+
+
+@pytest.mark.parametrize("arch", ["encdec", "deconly"])
+def test_beam_search_over_the_preallocated_cache_is_bit_identical_to_concatenation(arch, monkeypatch):
+    from harness.nn import transformer
+    from harness.nn.beam import beam_search
+    torch.manual_seed(0)
+    shape = ModelShape(widths=[16, 16, 16], user_buckets=10, d_model=32, heads=2, d_head=16, d_ff=64,
+                       enc_layers=2, dec_layers=2, max_history=5, arch=arch, dropout=0.0)
+    model = SIDTransformer(shape).eval()
+    history = torch.randint(0, 16, (5, 5, 3))
+    history[0, :3] = -1
+    history[1] = -1  # an empty history
+    users = torch.arange(5)
+    fast = beam_search(model, history, users, beam=20)
+    monkeypatch.setattr(transformer, "KVCache", ConcatCache)
+    plain = beam_search(model, history, users, beam=20)
+    assert torch.equal(fast[0], plain[0]) and torch.equal(fast[1], plain[1])

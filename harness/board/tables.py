@@ -41,8 +41,8 @@ def _ci(values: Sequence[float]) -> str:
 
 
 def ranking(results: ResultSet, groups: dict[str, list[dict]], min_seeds: int = 3) -> tuple[set[str], dict[str, str]]:
-    """Which rows may be ranked or tied, and why each other row may not. A ranked row has the track's seeds, ran
-    converged (not `budget_bound`), ran isolated (not `isolation: none`), has no disagreeing reruns, and shares one split with the others (the split most
+    """Which rows may be ranked or tied, and why each other row may not. A ranked row has the track's seeds, was
+    not ended by the clock (`budget_bound`), ran isolated (not `isolation: none`), has no disagreeing reruns, and shares one split with the others (the split most
     rows have)."""
     disagree = results.reruns()
     splits = [records[0].get("split_id") for records in groups.values()]
@@ -220,7 +220,7 @@ def pool_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         return []
     ks = sorted(int(key.split("@")[1]) for key in records[0]["diagnostics"] if key.startswith("beam_ranked/recall@"))
     views = [("SID-level (beam scores)", lambda r, k: r["diagnostics"].get(f"sid_recall@{k}")),
-             ("item-level (beam scores)", lambda r, k: r["diagnostics"][f"beam_ranked/recall@{k}"])]
+             ("item-level (beam scores)", lambda r, k: r["diagnostics"].get(f"beam_ranked/recall@{k}"))]
     if any(f"beam_ranked/item_recall@{k}" in records[0]["diagnostics"] for k in ks):  # metric_version 3
         views.append(("item-level (beam scores, expected in collision groups)",
                       lambda r, k: r["diagnostics"].get(f"beam_ranked/item_recall@{k}")))

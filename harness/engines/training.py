@@ -110,6 +110,35 @@ def lr_multiplier(schedule: str, warmup_steps: int, horizon: int | None = None) 
     raise ConfigError(f"lr_schedule {schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
 
 
+class Validation:
+    """The validation rule every training loop follows (the shared loop below, and a peer library's own loop):
+    validate every `eval_every` epochs, stop once early stopping's patience runs out, always judge the state trained
+    last, and end on the best validation state, in eval mode. `trained` counts units of training (optimiser steps,
+    or epochs), `judged` the count at the last validation."""
+
+    def __init__(self, method: Method, train: TrainView, cfg: dict[str, Any], module: torch.nn.Module | None = None):
+        self.method, self.train, self.module = method, train, module
+        self.every = int(cfg["eval_every"])
+        self.stopper = EarlyStopping(cfg["valid_metric"], cfg["patience"])
+        self.trained = self.judged = 0
+
+    def due(self, epochs: int) -> bool:
+        """Whether a validation follows the `epochs`-th epoch."""
+        return epochs % self.every == 0
+
+    def validate(self) -> bool:
+        """Judge the module as it is now; True when training should stop."""
+        self.module.eval()
+        self.judged = self.trained
+        return self.stopper.update(self.train.validate(self.method), self.module)
+
+    def finish(self) -> None:
+        if self.trained > self.judged:  # training happened after the last validation: judge the state it left too
+            self.validate()
+        self.stopper.restore(self.module)
+        self.module.eval()
+
+
 def train_with_validation(method: Method, module: torch.nn.Module, train: TrainView, budget: Budget,
                           optimizer: torch.optim.Optimizer, batches: Callable[[], Iterable[Any]],
                           loss_of: Callable[[Any], torch.Tensor], cfg: dict[str, Any],
@@ -122,8 +151,8 @@ def train_with_validation(method: Method, module: torch.nn.Module, train: TrainV
     Every `train.checkpoint_every` epochs the whole training state (module, optimiser, scheduler, early stopping,
     the global RNGs and the plugin's own `generators`) goes to the referee; a resumed run loads it and continues with
     the metrics an uninterrupted run would have reached."""
-    stopper = EarlyStopping(cfg["valid_metric"], cfg["patience"])
-    step = validated = 0  # optimiser steps taken, and the step whose state was validated last
+    validation = Validation(method, train, cfg, module)  # counts optimiser steps
+    stopper = validation.stopper
     first_epoch = 0
     saved = train.load_checkpoint()
     if saved is not None:
@@ -132,16 +161,10 @@ def train_with_validation(method: Method, module: torch.nn.Module, train: TrainV
         if scheduler is not None and saved.get("scheduler") is not None:
             scheduler.load_state_dict(saved["scheduler"])
         stopper.best, stopper.best_state, stopper.bad_rounds = saved["stopper"]
-        step, validated, first_epoch = saved["step"], saved["validated"], saved["epoch"]
+        validation.trained, validation.judged, first_epoch = saved["step"], saved["validated"], saved["epoch"]
         budget.epochs_done = saved["epochs_done"]
         _set_rng_states(saved["rng"], generators)
         plan.info("%s: resumed from the checkpoint after epoch %d", method.name, first_epoch)
-
-    def validate() -> bool:
-        nonlocal validated
-        module.eval()
-        validated = step
-        return stopper.update(train.validate(method), module)
 
     epochs = budget.epochs(int(cfg["epochs"]))
     device = next(module.parameters()).device
@@ -152,14 +175,14 @@ def train_with_validation(method: Method, module: torch.nn.Module, train: TrainV
         epoch_batches = list(batches())
         started = time.perf_counter()
         for index, batch in enumerate(tqdm(epoch_batches, desc=f"epoch {epoch + 1}", leave=False, disable=None)):
-            if budget.exhausted() or (max_steps and step >= max_steps):
+            if budget.exhausted() or (max_steps and validation.trained >= max_steps):
                 break
             if epoch == 0 and index == min(PLAN_STEPS, len(epoch_batches) - 1) and index:
                 say_plan(method, module, train, len(epoch_batches), epochs,
                          (time.perf_counter() - started) / index)
             with autocast(train.precision, device):
                 loss = loss_of(batch)
-            check_finite(loss, step)
+            check_finite(loss, validation.trained)
             optimizer.zero_grad()
             loss.backward()
             if clip_norm is not None:
@@ -167,21 +190,18 @@ def train_with_validation(method: Method, module: torch.nn.Module, train: TrainV
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            step += 1
+            validation.trained += 1
         else:  # the epoch ran to its end; one the clock (or the step cap) cut short is not counted as an epoch
             budget.epoch_done()
-        if budget.exhausted() or (max_steps and step >= max_steps):
+        if budget.exhausted() or (max_steps and validation.trained >= max_steps):
             break
-        if (epoch + 1) % cfg["eval_every"] == 0 and validate():
+        if validation.due(epoch + 1) and validation.validate():
             break
         if train.checkpoint_every and (epoch + 1) % train.checkpoint_every == 0 and epoch + 1 < epochs:
             train.save_checkpoint({
                 "module": module.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": None if scheduler is None else scheduler.state_dict(),
-                "stopper": (stopper.best, stopper.best_state, stopper.bad_rounds), "step": step,
-                "validated": validated, "epoch": epoch + 1, "epochs_done": budget.epochs_done,
+                "stopper": (stopper.best, stopper.best_state, stopper.bad_rounds), "step": validation.trained,
+                "validated": validation.judged, "epoch": epoch + 1, "epochs_done": budget.epochs_done,
                 "rng": _rng_states(generators)})
-    if step > validated:  # steps were taken after the last validation: judge the state they left too
-        validate()
-    stopper.restore(module)
-    module.eval()
+    validation.finish()

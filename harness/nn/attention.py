@@ -181,7 +181,8 @@ class KVCache:
         """Add positions k, v [R, heads, n, d_head]; return the keys and values of every position so far (views)."""
         end = self.length + k.shape[2]
         if self.k is None or end > self.k.shape[2]:  # first call, or more positions than planned: grow
-            self._resize(k.shape[0], max(end, self.capacity), k, keep=self.k is not None)
+            grown = self.capacity if self.k is None else 2 * self.k.shape[2]  # doubling: appends stay linear
+            self._resize(k.shape[0], max(end, grown), k, keep=self.k is not None)
         self.k[:, :, self.length:end] = k
         self.v[:, :, self.length:end] = v
         self.length = end

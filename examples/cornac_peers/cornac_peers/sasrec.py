@@ -17,17 +17,18 @@ from unittest import mock
 import numpy as np
 import torch
 
-from harness.api import Budget, EarlyStopping, Method, TrainView
+from harness.api import Budget, Method, TrainView
+from harness.engines.training import Validation
 
 
 class _ValidatedEpochs:
-    """Stands in for `trange(1, n_epochs + 1)` in cornac's `SASRec.fit`: yields its epoch numbers; after each epoch
-    counts it on the budget, validates every `eval_every` epochs and ends cornac's loop at early stopping or at the
-    budget's cap. The state trained last is always validated, so the best one is kept."""
+    """Stands in for `trange(1, n_epochs + 1)` in cornac's `SASRec.fit`: yields its epoch numbers and, after each
+    epoch, counts it on the budget and applies the harness's validation rule (`harness.engines.training.Validation`,
+    the shared loop's), ending cornac's loop at early stopping or at the budget's cap."""
 
     def __init__(self, method: "CornacSASRec", train: TrainView, budget: Budget, epochs: int):
-        self.method, self.train, self.budget, self.epochs = method, train, budget, epochs
-        self.stopper = EarlyStopping(method.config["valid_metric"], method.config["patience"])
+        self.method, self.budget, self.epochs = method, budget, epochs
+        self.validation = Validation(method, train, method.config)  # counts epochs
 
     def __call__(self, *args, **kwargs) -> "_ValidatedEpochs":  # trange's signature: ignored, the budget decides
         return self
@@ -35,24 +36,15 @@ class _ValidatedEpochs:
     def set_postfix(self, **kwargs) -> None:
         pass
 
-    def validate(self) -> bool:
-        module = self.method.cornac.model
-        module.eval()
-        return self.stopper.update(self.train.validate(self.method), module)
-
     def __iter__(self):
-        validated = 0
+        validation = self.validation
+        validation.module = self.method.cornac.model  # cornac builds its model before it starts the loop
         for epoch in range(1, self.epochs + 1):
             yield epoch
             self.budget.epoch_done()
-            if self.budget.exhausted():
-                break
-            if epoch % self.method.config["eval_every"] == 0:
-                validated = epoch
-                if self.validate():
-                    return
-        if validated != self.budget.epochs_done:
-            self.validate()
+            validation.trained += 1
+            if self.budget.exhausted() or (validation.due(epoch) and validation.validate()):
+                return
 
 
 class CornacSASRec(Method):
@@ -82,8 +74,7 @@ class CornacSASRec(Method):
         epochs = _ValidatedEpochs(self, train, budget, self.cornac.n_epochs)
         with mock.patch.object(recom_sasrec, "trange", epochs):
             self.cornac.fit(data)
-        epochs.stopper.restore(self.cornac.model)
-        self.cornac.model.eval()
+        epochs.validation.finish()  # the state trained last judged too; the best one kept, in eval mode
         self.net = self.cornac.model  # counted by parameters_count
 
     @torch.no_grad()
@@ -99,7 +90,7 @@ class CornacSASRec(Method):
             for row, h in enumerate(chunk):
                 if len(h):
                     seq[row, length - len(h):] = h
-            scores = torch.from_numpy(np.atleast_2d(net.predict(None, torch.as_tensor(seq)))).float()
+            scores = torch.from_numpy(np.atleast_2d(net.predict(None, torch.as_tensor(seq, device=net.dev)))).float()
             scores[torch.as_tensor([len(h) == 0 for h in chunk])] = 1.0
             out.append(scores)
         scores = torch.cat(out)
