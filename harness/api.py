@@ -28,10 +28,8 @@ from harness.data.labelled import ExposureHistory
 from harness.errors import BudgetExceeded, HarnessError, NonFiniteLoss
 from harness.nn.batching import pad_histories
 
-__all__ = [
-    "Method", "TrainView", "TopK", "Budget", "EarlyStopping", "check_finite", "register",
-    "BudgetExceeded", "NonFiniteLoss", "pad_histories", "ExposureHistory", "TrainInteractions",
-]
+__all__ = ["Method", "TrainView", "TopK", "Budget", "EarlyStopping", "check_finite", "register", "BudgetExceeded",
+           "NonFiniteLoss", "pad_histories", "ExposureHistory", "TrainInteractions"]
 
 
 @dataclass
@@ -233,8 +231,7 @@ class Method:
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
-    # e.g. "cornac 3.0.1": another library's implementation run under this harness's protocol, a reference row
-    peer: ClassVar[str] = ""
+    peer: ClassVar[str] = ""  # e.g. "cornac 3.0.1": another library's implementation under this protocol
     uses_user_ids: ClassVar[bool] = False  # True: recommend/score also get `users=` (dense user indices)
     # True: on the labelled protocol recommend/score also get `exposures=` (one ExposureHistory per user: every
     # labelled exposure before the evaluated block); False methods see positives only, as `histories`
