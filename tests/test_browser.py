@@ -96,22 +96,16 @@ def test_screenshots_of_each_view(published, tmp_path):  # noqa: F811
 
 
 @needs_browser
-def test_the_first_screen_on_the_published_boards(tmp_path):
+def test_the_published_boards_first_screen_and_cpu_small_with_a_comparison(tmp_path):
+    """The README's pictures: the first screen on the published boards, the cpu-small / scientific board and one
+    paired comparison on it (opened by the links the app understands)."""
     env = {k: v for k, v in os.environ.items() if k != "HARNESS_LEADERBOARDS_DIR"}
     env["HARNESS_RUNS_DIR"] = str(tmp_path / "no-store")  # the published boards only
-    text = shoot(tmp_path, {"first-screen": ("", "runs · split")}, env)["first-screen"]
-    assert "None" not in text.split("Track")[1].splitlines()[1]  # a real track, not the untracked runs
-
-
-@needs_browser
-def test_the_cpu_small_board_and_a_comparison_on_it(tmp_path):
-    """The pictures of the README's boards section: the published cpu-small / scientific board and one paired
-    comparison on it, opened by the links the app understands."""
-    env = {k: v for k, v in os.environ.items() if k != "HARNESS_LEADERBOARDS_DIR"}
-    env["HARNESS_RUNS_DIR"] = str(tmp_path / "no-store")
     texts = shoot(tmp_path, {
+        "first-screen": ("", "runs · split"),
         "cpu-small-scientific": ("?track=cpu-small&dataset=scientific", "runs · split"),
-        "compare-cpu-small-scientific": ("?view=Compare&board=cpu-small/scientific&a=argus&b=sasrec", "Per-user difference of")},
-        env)
-    assert "argus" in texts["cpu-small-scientific"] and "sasrec" in texts["cpu-small-scientific"]
-    assert "argus" in texts["compare-cpu-small-scientific"]
+        "compare-cpu-small-scientific": ("?view=Compare&board=cpu-small/scientific&a=argus&b=sasrec",
+                                         "Per-user difference of")}, env)
+    assert "None" not in texts["first-screen"].split("Track")[1].splitlines()[1]  # a real track, not untracked runs
+    assert "tiger s0" in texts["cpu-small-scientific"]  # scientific's per-seed runs (ml-latest-small has no tiger)
+    assert "argus − sasrec" in texts["compare-cpu-small-scientific"]  # the rows the link named, in its order
