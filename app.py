@@ -152,7 +152,7 @@ def leaderboard_view(results: ResultSet) -> None:
                    "reference and are not comparable with current runs; rerun them to put them on the board.")
     st.caption(plain(f"{len(subset.records)} runs · split {str(subset.records[0].get('split_id', ''))[:12]} · ties: "
                      f"methods not significantly below the best on {metric} (Wilcoxon over users, Holm-corrected, "
-                     f"α = 0.05); rows without the track's seeds, converged and reproducible runs are not ranked"))
+                     f"α = 0.05); a row is ranked with the track's seeds, reproducible, and none ended by the safety cap"))
     table = pd.DataFrame(rows)
     marks = {"best": "★ best", "tied": "≈ tied", "different": "", "n/a": "not ranked"}
     table.insert(0, "", [marks[r["tied_with_best"]] for r in rows])
