@@ -265,3 +265,14 @@ def test_rows_say_when_their_best_validation_was_and_whether_every_seed_converge
     assert (rows["sasrec"]["best_epoch"], rows["sasrec"]["converged"]) == (4.0, "yes")
     assert (rows["tiger"]["best_epoch"], rows["tiger"]["converged"]) == (4.0, "no: best = last (seeds 0, 2)")
     assert (rows["pop"]["best_epoch"], rows["pop"]["converged"]) == (None, "-")
+
+
+def test_csv_has_every_column_any_row_has():
+    """Rows of one board may differ in their columns (DIG's log-loss beside sasrec's none): CSV keeps them all."""
+    import csv
+    import io
+
+    from harness.board.tables import render
+    text = render([{"method": "sasrec", "auc": "0.6"}, {"method": "dig", "auc": "0.75", "logloss": "0.59"}], "csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert rows[0] == {"method": "sasrec", "auc": "0.6", "logloss": ""} and rows[1]["logloss"] == "0.59"

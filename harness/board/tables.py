@@ -201,7 +201,8 @@ def render(rows: list[dict[str, Any]], fmt: str = "md") -> str:
         import io
         buffer = io.StringIO()
         if rows:
-            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+            # rows may differ in their columns (a labelled row with log-loss beside one without): all of them, in order
+            writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
             writer.writeheader()
             writer.writerows(rows)
         return buffer.getvalue()
