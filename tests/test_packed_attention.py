@@ -3,7 +3,7 @@ transformers' dropout drops at its rate."""
 import pytest
 import torch
 
-from harness.nn.attention import KVCache, Packing, PackedMemory, dropout
+from harness.nn.attention import KVCache, Packing, PackedMemory, attend, dropout
 from harness.nn.transformer import PAD, ModelShape, SIDTransformer
 
 
@@ -58,6 +58,44 @@ def test_packed_training_forward_and_gradients_equal_the_padded_transformer():
             assert got is None or not got.any()
         else:
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_row_padding_changes_no_output_or_gradient(monkeypatch):
+    """Under CPU bf16 the packed tokens are padded with zero rows (oneDNN reuses kernels of repeated shapes); forced on
+    in fp32 here, the padded encoder gives the unpadded one's logits, memory and gradients exactly."""
+    import harness.nn.transformer as transformer
+    model = _model().train()
+    sids, users, target = _batch()
+
+    def outputs():
+        memory = model.memory(sids, users)
+        logits = model(sids, users, target, encoded=memory)
+        loss = sum(lg.square().sum() for lg in logits) + memory.mean().square().sum()
+        grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+        return memory, logits, grads
+
+    plain_memory, plain_logits, plain_grads = outputs()
+    monkeypatch.setattr(transformer, "row_multiple", lambda: 64)
+    padded_memory, padded_logits, padded_grads = outputs()
+    assert plain_memory.packing.pad == 0 and padded_memory.packing.pad > 0
+    assert (len(padded_memory.states) % 64, len(padded_memory.kept())) == (0, len(plain_memory.states))
+    torch.testing.assert_close(padded_memory.kept(), plain_memory.states, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(padded_memory.padded()[0], plain_memory.padded()[0], atol=1e-6, rtol=1e-6)
+    for got, want in zip(padded_logits, plain_logits):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    for got, want in zip(padded_grads, plain_grads):
+        if want is None:
+            assert got is None or not got.any()
+        else:
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_attention_products_stay_fp32_under_cpu_bf16_autocast():
+    q, k, v = (torch.randn(3, 2, 5, 8) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for p in (0.0, 0.1):
+            out = attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), p, training=True)
+            assert out.dtype == torch.float32
 
 
 def test_packed_memory_padded_view_and_mean_match_the_padded_states():

@@ -9,6 +9,10 @@ a padded [B, T, d] layout unless a caller asks for it (`PackedMemory.padded`).
 Dropout draws its keep/drop decisions 16 bits at a time from 64-bit draws of the torch generator: four decisions per
 draw instead of one float per element (the drop probability is rounded to a multiple of 1/65536). Where training
 drops nothing (eval, p = 0) attention takes PyTorch's fused kernel.
+
+Under CPU bf16 autocast the packed token count is padded with zero rows to a multiple of `BF16_ROW_MULTIPLE`: oneDNN
+compiles a bf16 kernel per matrix shape, and an unpadded count is new at nearly every batch (compiling cost several
+times the product itself). The padding rows are never attended to nor read back; fp32 runs are not padded.
 """
 from __future__ import annotations
 
@@ -39,9 +43,24 @@ class Dropout(nn.Module):
         return dropout(x, self.p, self.training)
 
 
+BF16_ROW_MULTIPLE = 256
+
+
+def row_multiple() -> int:
+    """The multiple packed token counts are padded to now (1: no padding)."""
+    return BF16_ROW_MULTIPLE if torch.is_autocast_enabled("cpu") else 1
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, training: bool,
            mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
-    """softmax(q kᵀ / √d + mask) v over [..., T, d] heads, attention weights dropped out with probability p."""
+    """softmax(q kᵀ / √d + mask) v over [..., T, d] heads, attention weights dropped out with probability p.
+
+    Under CPU autocast (bf16 training) the attention products stay in fp32: they are many small batched products,
+    where bf16 kernels cost several times fp32's, while the projections around them are the large matmuls that bf16
+    (AMX) speeds up."""
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return attend(q.float(), k.float(), v.float(), p, training, mask, causal)
     if not training or p <= 0.0:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
@@ -64,21 +83,23 @@ class Packing:
     batch: int
     length: int
     in_order: bool  # users already in packed order (the caller sorted them by length): no row permutation needed
+    pad: int = 0    # zero rows after the N packed tokens (`row_multiple`), never attended to
 
     @classmethod
-    def of(cls, keep: torch.Tensor) -> "Packing":
+    def of(cls, keep: torch.Tensor, multiple: int = 1) -> "Packing":
         batch, length = keep.shape
         counts = keep.sum(1)
         order = counts.argsort(stable=True)
         index = (order[:, None] * length + torch.arange(length, device=keep.device))[keep[order]]
         lengths, users = torch.unique_consecutive(counts[order], return_counts=True)
         in_order = bool((order == torch.arange(batch, device=order.device)).all())
-        return cls(order, order.argsort(), index, list(zip(lengths.tolist(), users.tolist())), batch, length, in_order)
+        return cls(order, order.argsort(), index, list(zip(lengths.tolist(), users.tolist())), batch, length, in_order,
+                   -len(index) % multiple)
 
     @property
     def sizes(self) -> list[int]:
-        """Packed tokens per group."""
-        return [length * count for length, count in self.groups]
+        """Packed tokens per group, then the padding rows."""
+        return [length * count for length, count in self.groups] + [self.pad]
 
     def rows(self, per_user: int, inverse: bool = False) -> torch.Tensor:
         """Row permutation of a [B * per_user, ...] tensor whose rows are grouped by user (beams): into packed user
@@ -91,15 +112,19 @@ class Packing:
 
 @dataclass
 class PackedMemory:
-    """Encoder states of the kept tokens [N, d] and their packing."""
+    """Encoder states of the kept tokens [N (+ padding rows), d] and their packing."""
 
     states: torch.Tensor
     packing: Packing
 
+    def kept(self) -> torch.Tensor:
+        """The states of the kept tokens [N, d] (without padding rows)."""
+        return self.states[:len(self.packing.index)]
+
     def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """States [B, T, d] (zero at padding) and the key mask [B, 1, 1, T] of the kept positions."""
         pk, d = self.packing, self.states.shape[-1]
-        flat = self.states.new_zeros(pk.batch * pk.length, d).index_copy(0, pk.index, self.states)
+        flat = self.states.new_zeros(pk.batch * pk.length, d).index_copy(0, pk.index, self.kept())
         mask = torch.zeros(pk.batch * pk.length, dtype=torch.bool, device=self.states.device)
         mask[pk.index] = True
         return flat.view(pk.batch, pk.length, d), mask.view(pk.batch, 1, 1, pk.length)
@@ -108,7 +133,7 @@ class PackedMemory:
         """Per user, the mean of its kept states [B, d] (user order)."""
         pk = self.packing
         user = pk.index // pk.length
-        total = self.states.new_zeros(pk.batch, self.states.shape[-1]).index_add(0, user, self.states)
+        total = self.states.new_zeros(pk.batch, self.states.shape[-1]).index_add(0, user, self.kept())
         count = torch.bincount(user, minlength=pk.batch).clamp(min=1).to(total.dtype)
         return total / count[:, None]
 
@@ -142,6 +167,8 @@ class Attention(nn.Module):
         for (length, count), chunk in zip(packing.groups, qkv.split(packing.sizes)):
             q, k, v = chunk.view(count, length, 3, self.heads, self.d_head).permute(2, 0, 3, 1, 4)
             out.append(attend(q, k, v, self.dropout, self.training).transpose(1, 2).reshape(count * length, -1))
+        if packing.pad:
+            out.append(out[0].new_zeros(packing.pad, out[0].shape[1]))
         return self.out(torch.cat(out))
 
     def memory_kv(self, memory: PackedMemory) -> tuple[torch.Tensor, torch.Tensor, Packing]:

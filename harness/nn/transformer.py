@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.nn.attention import Attention, Dropout, KVCache, Packing, PackedMemory
+from harness.nn.attention import Attention, Dropout, KVCache, Packing, PackedMemory, row_multiple
 
 PAD, BOS = 0, 1
 
@@ -118,10 +118,12 @@ class SIDTransformer(nn.Module):
         kept tokens only; an empty history attends to its padding."""
         tokens, level = self.history_tokens(sids, users)
         pad = tokens == PAD
-        packing = Packing.of(~pad | pad.all(dim=1, keepdim=True))
+        packing = Packing.of(~pad | pad.all(dim=1, keepdim=True), row_multiple())
         flat = packing.index
         x = (self.embed(tokens.reshape(-1)[flat]) + self.level_embed(level.reshape(-1)[flat])
              + self.pos_embed(flat % packing.length))
+        if packing.pad:
+            x = torch.cat([x, x.new_zeros(packing.pad, x.shape[1])])
         for block in self.encoder:
             x = block.packed(x, packing)
         return PackedMemory(self.enc_norm(x), packing)
