@@ -11,7 +11,8 @@ the method's own fit runs up to its training loop, which is then stopped and dri
 The dataset's features and SIDs come from the run's caches (a first run fits them; that time is not counted).
 
 Usage: python benchmarks/train_efficiency.py [--methods tiger,gr] [--steps 10] [--threads 1] [--precision bf16]
-       [--json] [--baseline REV]; run it with --precision fp32 and bf16 one after the other to compare.
+       [--json] [--baseline REV] [--compare-precisions]; `--compare-precisions` times fp32 and bf16 steps
+       alternately in one process and prints bf16's speed-up.
 With `--baseline REV` (a git revision) each method is measured on REV's code and on this tree's, alternating for
 `--rounds` rounds, each in a fresh process (REV checked out in a temporary git worktree); the medians and the ratios
 baseline / this tree (per round and their median) are printed.
@@ -208,6 +209,26 @@ def measure(name: str, steps: int, valid_users: int) -> dict[str, Any]:
     return row
 
 
+def precision_ratio(name: str, steps: int, rounds: int) -> list[Any]:
+    """One method's training step in fp32 and in bf16, the same batches alternating between them in one process
+    (drifting load hits both alike): median step ms of each and the speed-up of bf16."""
+    track_name, dataset = METHODS[name]
+    spec = RunSpec.for_track(load_track(track_name), name, dataset)
+    _, _, step, batches, _, _ = capture(spec, resolve_device("cpu"))
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for round_ in range(rounds):
+        for precision in times:
+            PRECISION["value"] = precision
+            for batch in batches[:2]:  # warm-up in this precision
+                step(batch)
+            for i in range(steps):
+                begin = time.perf_counter()
+                step(batches[(2 + round_ * steps + i) % len(batches)])
+                times[precision].append(time.perf_counter() - begin)
+    fp32, bf16 = (1000 * statistics.median(times[p]) for p in ("fp32", "bf16"))
+    return [name, dataset, round(fp32, 1), round(bf16, 1), round(fp32 / bf16, 2)]
+
+
 def _validation_speed(method, prepared, users: int) -> dict[str, Any]:
     """Users/s of the run's own validation decoding on the first `users` validation users (the untrained model:
     decoding costs the same)."""
@@ -282,7 +303,19 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--baseline", help="git revision to measure beside this tree (ratios printed)")
     parser.add_argument("--rounds", type=int, default=3, help="with --baseline: alternating rounds per method")
+    parser.add_argument("--compare-precisions", action="store_true",
+                        help="time each method's step in fp32 and bf16 alternately in one process (--rounds rounds of "
+                             "--steps steps each) and print the bf16 speed-up")
     args = parser.parse_args()
+    if args.compare_precisions:
+        torch.set_num_threads(args.threads)
+        _patch_training_loops()
+        from tabulate import tabulate
+        table = [precision_ratio(name, args.steps, args.rounds) for name in args.methods.split(",")]
+        print(tabulate(table, headers=["method", "dataset", "fp32 step ms", "bf16 step ms", "bf16 speed-up"]))
+        print(f"{args.threads} thread(s); medians of {args.rounds} alternating rounds of {args.steps} steps per "
+              f"precision; AMX: {Path('/proc/cpuinfo').exists() and 'amx_bf16' in Path('/proc/cpuinfo').read_text()}")
+        return
     if args.baseline:
         against_baseline(args)
         return

@@ -232,6 +232,7 @@ class Method:
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     peer: ClassVar[str] = ""  # e.g. "cornac 3.0.1": another library's implementation under this protocol
+    peer_of: ClassVar[str] = ""  # a peer's counterpart among the built-ins (e.g. "sasrec"), set beside it on boards
     uses_user_ids: ClassVar[bool] = False  # True: recommend/score also get `users=` (dense user indices)
     # True: on the labelled protocol recommend/score also get `exposures=` (one ExposureHistory per user: every
     # labelled exposure before the evaluated block); False methods see positives only, as `histories`

@@ -276,3 +276,44 @@ def test_csv_has_every_column_any_row_has():
     text = render([{"method": "sasrec", "auc": "0.6"}, {"method": "dig", "auc": "0.75", "logloss": "0.59"}], "csv")
     rows = list(csv.DictReader(io.StringIO(text)))
     assert rows[0] == {"method": "sasrec", "auc": "0.6", "logloss": ""} and rows[1]["logloss"] == "0.59"
+
+
+def test_a_peer_row_is_set_beside_its_counterpart_metric_by_metric(tmp_path):
+    """A peer row (another library's implementation, `peer_of` on its plugin) gets a table beside our row: each
+    row's mean over its seeds, the ratio ours / peer, and a paired test over users of the per-user terms."""
+    import numpy as np
+
+    from harness.board.tables import peer_rows, peer_sections
+    from harness.cli.boards import peer_pairs
+
+    hits = {"ours": [1, 1, 0, 1, 0, 1, 1, 0], "peer": [1, 0, 0, 1, 0, 0, 1, 0]}
+    records, sources = [], {}
+    for who, method in (("ours", "sasrec"), ("peer", "cornac-sasrec")):
+        for seed in range(2):
+            record = _record(f"{who}{seed}", method, seed, float(np.mean(hits[who])))
+            record["metrics"]["test"]["recall@10"] = float(np.mean(hits[who]))
+            record["eval"] = {"ks": [10]}
+            if who == "peer":
+                record["peer"] = "cornac 3.0.1"
+            sources[record["run_id"]] = tmp_path / f"{record['run_id']}.npz"
+            ranks = np.where(np.array(hits[who]) == 1, 0, 20)  # rank 0: a hit at every cut-off; 20: none at 10
+            np.savez_compressed(sources[record["run_id"]], **{"test/rank": ranks})
+            records.append(record)
+    results = ResultSet(records=records, sources=sources)
+    groups = results.groups()
+    peer = "cornac-sasrec (peer: cornac 3.0.1)"
+    assert set(groups) == {"sasrec", peer}
+    rows = {row["metric"]: row for row in peer_rows(results, groups, "sasrec", peer, [10])}
+    assert rows["recall@10"]["ours (2 seeds)"] == "0.6250" and rows["recall@10"]["peer (2 seeds)"] == "0.3750"
+    assert rows["recall@10"]["ours / peer"] == "1.667"
+    assert rows["recall@10"]["diff (boot 95% CI)"].startswith("+0.2500")  # two users hit by ours only
+    assert float(rows["recall@10"]["p wilcoxon"]) > 0.05  # two users of eight: not a difference
+    # the pairing comes from the installed peer plugin; a peer without one is left out, never guessed
+    try:
+        import cornac_peers  # noqa: F401
+        assert peer_pairs(groups) == {peer: "sasrec"}
+    except ImportError:
+        assert peer_pairs(groups) == {}
+    section = peer_sections(results, groups, {peer: "sasrec"}, [10])
+    assert section.startswith(f"sasrec beside its peer {peer}") and "1.667" in section
+    assert peer_sections(results, groups, {peer: "argus"}, [10]) == ""  # no such row on this board

@@ -8,7 +8,7 @@ import numpy as np
 from tabulate import tabulate
 
 from harness.board.results import ResultSet
-from harness.board.stats import MethodResults, compare_to_best, seed_summary
+from harness.board.stats import MethodResults, compare_to_best, paired, seed_summary
 from harness.errors import HarnessError
 
 FORMATS = {"md": "github", "latex": "latex", "plain": "simple"}
@@ -154,8 +154,9 @@ def tie_word(tie: dict[str, Any] | None) -> str:
 
 
 def _median(values):
+    """The median, to 6 significant digits (the mean of two middle values must not print as 2809.8999999999996)."""
     values = [v for v in values if v is not None]
-    return None if not values else float(np.median(values))
+    return None if not values else float(f"{float(np.median(values)):.6g}")
 
 
 def compare_rows(results: ResultSet, labels: dict[str, list[dict]], metric: str, test: str, correction: str,
@@ -308,3 +309,38 @@ def tokenizer_rows(groups: dict[str, list[dict]], ks: Sequence[int] = (10,)) -> 
             if any(name in r["metrics"]["test"] for records in reports.values() for r in records):
                 rows.append(row(name, lambda r, name=name: r["metrics"]["test"].get(name)))
     return rows
+
+
+def peer_rows(results: ResultSet, groups: dict[str, list[dict]], ours: str, peer: str,
+              ks: Sequence[int]) -> list[dict[str, Any]]:
+    """Our row beside a peer row (another library's implementation of the same method under this split, seeds and
+    evaluator): per test metric, each row's mean over its seeds, the ratio ours / peer, and the paired test of the
+    two over users (per-user terms averaged over each row's seeds, as the board's comparisons)."""
+    names = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")] + ["mrr"]
+    out = []
+    for metric in names:
+        a, b = method_results(results, {ours: groups[ours], peer: groups[peer]}, metric)
+        if not a.seed_values or not b.seed_values:
+            continue
+        mean_a, mean_b = float(np.mean(a.seed_values)), float(np.mean(b.seed_values))
+        test = paired(a.per_user, b.per_user) if a.per_user is not None and b.per_user is not None \
+            and a.per_user.shape == b.per_user.shape else {}
+        out.append({"metric": metric, f"ours ({len(a.seed_values)} seeds)": f"{mean_a:.4f}",
+                    f"peer ({len(b.seed_values)} seeds)": f"{mean_b:.4f}",
+                    "ours / peer": _fmt(mean_a / mean_b if mean_b else None, ".3f"),
+                    "diff (boot 95% CI)": "-" if not test else
+                    f"{test['diff']:+.4f} [{test['boot_low']:+.4f}, {test['boot_high']:+.4f}]",
+                    "p wilcoxon": _fmt(test.get("p_wilcoxon"), ".2e")})
+    return out
+
+
+def peer_sections(results: ResultSet, groups: dict[str, list[dict]], pairs: dict[str, str], ks: Sequence[int],
+                  fmt: str = "md") -> str:
+    """One table per peer row that has its counterpart on the board; `pairs` maps a peer row's label to our row's
+    (the peer plugin's `peer_of`, looked up by the caller: the board reads records, not plugins)."""
+    out = []
+    for peer, ours in pairs.items():
+        if peer in groups and ours in groups:
+            out.append(f"{ours} beside its peer {peer} (test; p unadjusted, one comparison)\n\n"
+                       + render(peer_rows(results, groups, ours, peer, ks), fmt))
+    return "\n\n".join(out)

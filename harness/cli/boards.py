@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from typing import TYPE_CHECKING
 
@@ -70,6 +70,31 @@ def _primary(args: argparse.Namespace) -> tuple[str, list[int], int]:
     return "ndcg@10", [5, 10, 20, 50], 3
 
 
+def peer_pairs(groups: dict[str, list[dict]]) -> dict[str, str]:
+    """Each peer row's label → its counterpart's label (the peer plugin's `peer_of`); peers whose plugin is not
+    installed here, or that name no counterpart, are left out."""
+    from harness import registry
+    pairs = {}
+    for label, records in groups.items():
+        if not records[0].get("peer"):
+            continue
+        try:
+            ours = registry.get(records[0]["method"]).peer_of
+        except HarnessError:
+            continue
+        if ours:
+            pairs[label] = ours
+    return pairs
+
+
+def extra_sections(results, ks: Sequence[int], fmt: str) -> str:
+    """What a board prints under its table: Gryphon's Table 2 per row with a beam pool, each peer beside ours."""
+    from harness.board.tables import peer_sections, pool_sections
+    groups = results.groups()
+    parts = [pool_sections(groups, fmt), peer_sections(results, groups, peer_pairs(groups), ks, fmt)]
+    return "\n\n".join(p for p in parts if p)
+
+
 def cmd_compare(args: argparse.Namespace, argv=None) -> int:
     from harness.board.results import records_for
     from harness.board.tables import compare_rows, render
@@ -85,7 +110,7 @@ def cmd_compare(args: argparse.Namespace, argv=None) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace, argv=None) -> int:
-    from harness.board.tables import leaderboard_rows, pool_sections, render
+    from harness.board.tables import leaderboard_rows, render
     results = read_results(args, args.dataset)
     if not results.records:
         raise HarnessError(f"no ok records for dataset {args.dataset!r}"
@@ -93,9 +118,9 @@ def cmd_leaderboard(args: argparse.Namespace, argv=None) -> int:
     primary, ks, min_seeds = _primary(args)
     print(render(leaderboard_rows(results, ks, primary, args.correction, args.alpha, min_seeds), args.format))
     if args.format in ("plain", "md"):
-        pools = pool_sections(results.groups(), args.format)
-        if pools:
-            print("\n" + pools)
+        extra = extra_sections(results, ks, args.format)
+        if extra:
+            print("\n" + extra)
     return 0
 
 
@@ -103,7 +128,7 @@ def cmd_export(args: argparse.Namespace, argv=None) -> int:
     from harness import METRIC_VERSION, PROTOCOL_VERSION
     from harness.board.results import export_board, is_stale, load_results
     from harness.board.store import RunStore
-    from harness.board.tables import leaderboard_rows, pool_sections, render
+    from harness.board.tables import leaderboard_rows, render
     from harness.paths import LEADERBOARDS_DIR
     from harness.run.tracks import load_track
     if not args.track and not args.dataset:
@@ -122,9 +147,9 @@ def cmd_export(args: argparse.Namespace, argv=None) -> int:
         ks, primary, min_seeds = (track.ks, track.primary_metric, track.ranked_seeds) if track \
             else ([5, 10, 20, 50], "ndcg@10", 3)
         table = render(leaderboard_rows(results, ks, primary, args.correction, args.alpha, min_seeds), "md")
-        pools = pool_sections(results.groups())
-        if pools:
-            table += "\n\n" + pools
+        extra = extra_sections(results, ks, "md")
+        if extra:
+            table += "\n\n" + extra
         stale = [r for r in results.records if is_stale(r)]
         if stale:  # kept for reference, never mixed silently with current runs
             table = (f"> {len(stale)} of {len(results.records)} records are stale (recorded under an older metric or "

@@ -51,6 +51,7 @@ class CornacSASRec(Method):
     name = "cornac-sasrec"
     paper = "Kang & McAuley, Self-Attentive Sequential Recommendation, ICDM 2018; cornac 3.0.1's cornac.models.SASRec"
     peer = "cornac 3.0.1"  # a reference row: another library's implementation under this harness's protocol
+    peer_of = "sasrec"  # the board sets this row beside sasrec's, metric by metric
     needs = ()
 
     def fit(self, train: TrainView, budget: Budget) -> None:
