@@ -10,9 +10,10 @@ from harness.board.results import LEADERBOARDS_DIR, load_results
 from harness.board.tables import leaderboard_rows
 from harness.cli.main import main
 from harness.errors import HarnessError
-from harness.plugins.submit import (SubmissionError, metric_tolerances, publish, read_bundle, reproduce,
+from harness.plugins.submit import (SubmissionError, publish, read_bundle, reproduce,
                                     reproduce_all, submit)
 from harness.run.isolation import sandbox_problem
+from harness.studies.reproduce import metric_tolerances
 from plugins_gallery import WrongShape
 
 EXAMPLE = LEADERBOARDS_DIR / "submissions" / "itemknn-smoke"

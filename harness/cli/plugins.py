@@ -9,6 +9,8 @@ from typing import Any, Sequence
 
 from tabulate import tabulate
 
+from harness.errors import HarnessError
+
 
 def add_commands(sub) -> dict[str, Any]:
     new = sub.add_parser("new-method", help="scaffold an installable method plugin package",
@@ -37,11 +39,16 @@ def add_commands(sub) -> dict[str, Any]:
     sub_.add_argument("--tolerance", type=float, default=None,
                       help="absolute tolerance a reproduction must meet on every test metric (default 0.01)")
 
-    rep = sub.add_parser("reproduce", help="re-run a seed of a submission bundle and check its metrics",
-                         description="Re-runs one seed from the bundle's run spec on this machine; checks the "
+    rep = sub.add_parser("reproduce", help="re-run a seed of a submission bundle, or a published record, and check "
+                         "its metrics",
+                         description="BUNDLE: re-runs one seed from the bundle's run spec on this machine; checks the "
                          "plugin's source hash, the records against their per-user ranks, the split and config, "
-                         "and every test metric within the bundle's tolerance. Exit code 1 when not reproduced.")
-    rep.add_argument("bundle")
+                         "and every test metric within the bundle's tolerance. RUN_ID (a record on a published "
+                         "board): re-runs it under its track with its own seed, overrides, budget and precision, and "
+                         "checks the split, the resolved config and every test metric (exactly on the hardware and "
+                         "library versions that made it). Exit code 1 when not reproduced.")
+    rep.add_argument("bundle", metavar="BUNDLE|RUN_ID", help="a submission bundle folder, or the run id of a "
+                     "published record (the run_id field of leaderboards/<track>/<dataset>.jsonl)")
     rep.add_argument("--seed", type=int, default=None, help="one seed to re-run (default: every seed of the bundle)")
     rep.add_argument("--dataset", default=None, help="one dataset to re-run (default: every dataset of the bundle)")
     rep.add_argument("--tolerance", type=float, default=None, help="one absolute tolerance for every metric "
@@ -51,7 +58,8 @@ def add_commands(sub) -> dict[str, Any]:
     rep.add_argument("--json", action="store_true")
     rep.add_argument("--publish", action="store_true", help="re-run in the bubblewrap sandbox and, when reproduced, "
                      "add the records to leaderboards/ with a verified mark")
-    rep.add_argument("--leaderboards", default=None, help="leaderboards folder for --publish (default: leaderboards/)")
+    rep.add_argument("--leaderboards", default=None, help="leaderboards folder for --publish, and where a run id is "
+                     "looked up (default: leaderboards/)")
     return {"new-method": cmd_new_method, "validate-plugin": cmd_validate_plugin, "submit": cmd_submit,
             "reproduce": cmd_reproduce}
 
@@ -109,10 +117,18 @@ def cmd_submit(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from harness.paths import LEADERBOARDS_DIR
     from harness.plugins.submit import publish, reproduce_all
+    from harness.studies.reproduce import reproduce_published
 
-    # a reproduction that may be published runs the plugin in the sandbox (a user error where there is none)
-    results = reproduce_all(args.bundle, None if args.seed is None else [args.seed], args.dataset, args.tolerance,
-                            args.device, "sandbox" if args.publish else None)
+    if Path(args.bundle).is_dir():
+        # a reproduction that may be published runs the plugin in the sandbox (a user error where there is none)
+        results = reproduce_all(args.bundle, None if args.seed is None else [args.seed], args.dataset,
+                                args.tolerance, args.device, "sandbox" if args.publish else None)
+    else:
+        if args.publish or args.seed is not None or args.dataset:
+            raise HarnessError("a run id names one published record: --publish, --seed and --dataset are for bundles")
+        results = [reproduce_published(args.bundle, args.tolerance, args.device,
+                                       leaderboards_dir=Path(args.leaderboards) if args.leaderboards
+                                       else LEADERBOARDS_DIR)]
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:

@@ -17,14 +17,12 @@ from __future__ import annotations
 import json
 import shlex
 import tempfile
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tabulate import tabulate
 
 from harness import registry
 from harness.board.results import bundle_digest, export_board, load_results
@@ -34,17 +32,14 @@ from harness.errors import HarnessError
 from harness.metrics import metrics_from_groups, metrics_from_ranks
 from harness.paths import LEADERBOARDS_DIR
 from harness.plugins.validate import Report, validate_plugin
-from harness.run.record import environment, hardware, plugin_info, versions
-from harness.run.referee import prepare, resolve_device, run
+from harness.run.record import environment, plugin_info
+from harness.run.referee import prepare, run
 from harness.run.spec import RunSpec
 from harness.run.tracks import load_track
+from harness.studies.reproduce import DEFAULT_TOLERANCE, Reproduction, compare, metric_tolerances, same_machine
 from harness.studies.seeds import run_seeds
 
 BUNDLE_FORMAT = 1
-# Absolute difference allowed on every test metric of the re-run seed. The same machine reproduces a CPU run exactly;
-# the margin is for other hardware and library builds, where a few near-tied scores may swap places
-# (one user of 300 moves Recall@k by 0.0033).
-DEFAULT_TOLERANCE = 0.01
 SPEC_FIELDS = ("method", "dataset", "budget_seconds", "max_epochs", "overrides", "track_overrides", "protocol",
                "dataset_options", "ks", "track", "device", "threads")
 
@@ -116,66 +111,6 @@ def submit(method: str, track_name: str, overrides: dict[str, Any] | None = None
 
 # --- reproduction ----------------------------------------------------------------------------------------------------
 
-def metric_tolerances(records: Sequence[dict[str, Any]], same_machine: bool, override: float | None = None,
-                      cap: float = DEFAULT_TOLERANCE) -> tuple[dict[str, float], str]:
-    """Per test metric, how far a re-run may land from the bundle, and the rule that set it: exactly (0) on the
-    hardware and library versions that made the bundle (runs are deterministic there); elsewhere half the standard
-    deviation of the row's seeds, at most the bundle's absolute tolerance (near-tied scores may swap places on
-    other hardware); `override` (--tolerance) for every metric."""
-    names = sorted({m for r in records for m in r.get("metrics", {}).get("test", {})})
-    if override is not None:
-        return {m: float(override) for m in names}, f"±{override:g} on every metric (--tolerance)"
-    if same_machine:
-        return {m: 0.0 for m in names}, "exactly (same hardware and library versions as the bundle)"
-    if len(records) < 2:
-        return {m: cap for m in names}, f"±{cap:g} (one seed: no spread to derive from)"
-    spread = {m: float(np.std([r["metrics"]["test"][m] for r in records if m in r["metrics"].get("test", {})],
-                              ddof=1)) for m in names}
-    return ({m: min(cap, max(1e-6, 0.5 * spread[m])) for m in names},
-            f"half the seeds' standard deviation per metric, at most ±{cap:g}")
-
-
-def same_machine(record: dict[str, Any], spec: RunSpec) -> bool:
-    """Whether this machine and these library versions are the ones that made `record` (a CPU run is then
-    reproduced bit for bit)."""
-    here = hardware(resolve_device(spec.device))
-    keys = ("platform", "machine", "cpu_count", "device")
-    return (all(record.get("hardware", {}).get(k) == here.get(k) for k in keys)
-            and record.get("versions") == versions() and here["device"] == "cpu")
-
-
-@dataclass
-class Reproduction:
-    bundle: Path
-    dataset: str
-    seed: int
-    tolerance: dict[str, float]
-    rule: str = ""
-    problems: list[str] = field(default_factory=list)
-    rows: list[list[Any]] = field(default_factory=list)  # metric, submitted, reproduced, |diff|, ok
-    record: dict[str, Any] | None = None
-    max_abs_diff: float | None = None
-
-    @property
-    def passed(self) -> bool:
-        return not self.problems
-
-    def render(self) -> str:
-        table = tabulate(self.rows, headers=["metric (test)", "bundle", "reproduced", "|diff|", "allowed", "ok"],
-                         floatfmt=".6f") if self.rows else ""
-        verdict = (f"REPRODUCED: {self.dataset} seed {self.seed}, every test metric {self.rule}"
-                   if self.passed else "NOT REPRODUCED:\n" + "\n".join(f"- {p}" for p in self.problems))
-        return "\n".join(part for part in (table, verdict) if part)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"bundle": str(self.bundle), "dataset": self.dataset, "seed": self.seed, "tolerance": self.tolerance,
-                "rule": self.rule, "isolation": self.record.get("isolation") if self.record else None,
-                "passed": self.passed, "problems": self.problems, "max_abs_diff": self.max_abs_diff,
-                "metrics": [dict(zip(("metric", "bundle", "reproduced", "abs_diff", "allowed", "ok"), r))
-                            for r in self.rows],
-                "run_id": self.record["run_id"] if self.record else None}
-
-
 def read_bundle(bundle: str | Path) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     path = Path(bundle) / "bundle.json"
     if not path.exists():
@@ -235,7 +170,7 @@ def reproduce(bundle: str | Path, seed: int | None = None, dataset: str | None =
         spec.isolation = isolation
     tolerances, rule = metric_tolerances(records[dataset], same_machine(submitted, spec), tolerance,
                                          meta["tolerance"]["abs"])
-    result = Reproduction(bundle, dataset, seed, tolerances, rule)
+    result = Reproduction(bundle, "bundle", dataset, seed, tolerances, rule)
 
     installed = plugin_info(registry.get(meta["method"]))
     if installed["source_hash"] != meta["plugin"]["source_hash"]:
@@ -248,32 +183,7 @@ def reproduce(bundle: str | Path, seed: int | None = None, dataset: str | None =
 
     with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
         again = run(spec, RunStore(runs_dir=tmp), prepare(spec))
-    result.record = again
-    if again["status"] != "ok":
-        result.problems.append(f"the re-run ended {again['status']}: {again['failure']}")
-        return result
-    if again["split_id"] != submitted["split_id"]:
-        result.problems.append(f"different data: split_id {again['split_id'][:12]} here, "
-                               f"{submitted['split_id'][:12]} in the bundle")
-    if again["method_config_hash"] != submitted["method_config_hash"]:
-        result.problems.append("the resolved method config differs from the bundle's")
-    diffs = []
-    by_cutoff = lambda n: (int(n.split("@")[1]) if "@" in n else 10**9, n)  # noqa: E731  recall@5 … mrr
-    for name, value in sorted(submitted["metrics"]["test"].items(), key=lambda kv: by_cutoff(kv[0])):
-        got = again["metrics"]["test"].get(name)
-        if got is None:
-            result.problems.append(f"{name} is missing from the re-run")
-            continue
-        diff = abs(got - value)
-        diffs.append(diff)
-        allowed = result.tolerance.get(name, DEFAULT_TOLERANCE)
-        ok = diff <= allowed + 1e-12  # the records keep 6 decimals
-        result.rows.append([name, value, got, diff, allowed, "yes" if ok else "NO"])
-        if not ok:
-            result.problems.append(f"{name}: bundle {value:.4f}, reproduced {got:.4f} "
-                                   f"(|diff| {diff:.6f} > {allowed:g}: {result.rule})")
-    result.max_abs_diff = max(diffs) if diffs else None
-    return result
+    return compare(result, submitted, again)
 
 
 def reproduce_all(bundle: str | Path, seeds: Sequence[int] | None = None, dataset: str | None = None,

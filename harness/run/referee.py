@@ -25,7 +25,6 @@ import torch
 from harness import registry
 from harness.api import Budget, Method, TrainView
 from harness.board.store import DEFAULT_RUNS_DIR, RunStore, default_runs_dir
-from harness.config import merge_config
 from harness.data import data_root, load_card, load_dataset, make_split
 from harness.data.interactions import TrainInteractions
 from harness.data.protocols import is_labelled, resolve
@@ -119,8 +118,7 @@ class Prepared:
 def prepare(spec: RunSpec) -> Prepared:
     """Resolve the method and its config, load and verify the data, split it. Raises HarnessError on user errors."""
     method_cls = registry.get(spec.method)
-    config = merge_config(method_cls.default_config, {**spec.track_overrides, **spec.overrides}, spec.method,
-                          method_cls.recipes)
+    config = spec.method_config()
     resolve_device(spec.device)  # an unknown or absent device is a user error, before anything runs
     if resolve_mode(spec.isolation) != "none":
         plugin_path(method_cls)  # a class its worker cannot import: a user error too

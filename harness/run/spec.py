@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from harness import registry
+from harness.config import merge_config
 from harness.metrics import DEFAULT_KS
 from harness.run.tracks import Track
 
@@ -58,3 +59,9 @@ class RunSpec:
         asked["protocol"] = {**spec.protocol, **asked.get("protocol", {})}
         asked["dataset_options"] = {**spec.dataset_options, **asked.get("dataset_options", {})}
         return dataclasses.replace(spec, **asked)
+
+    def method_config(self) -> dict[str, Any]:
+        """The method config this spec runs with: the plugin's defaults, under the track's pins, under --set."""
+        method_cls = registry.get(self.method)
+        return merge_config(method_cls.default_config, {**self.track_overrides, **self.overrides}, self.method,
+                            method_cls.recipes)

@@ -1,0 +1,41 @@
+"""`harness reproduce RUN_ID`: any record on a published board is re-run as it was made (its track, seed, resolved
+config, budget and precision) and held to its test metrics; an edited number is caught, and a record made under an
+older pin of its track says so."""
+import dataclasses
+import json
+
+import harness.studies.reproduce as reproduce_module
+from harness.cli.main import main
+from harness.paths import LEADERBOARDS_DIR
+from harness.run.tracks import load_track
+
+SMOKE_BOARD = LEADERBOARDS_DIR / "smoke" / "synthetic.jsonl"
+SASREC_SEED_0 = "20261201T233817-sasrec-synthetic-s0-52e185"
+POP_SEED_0 = "20261201T233757-pop-synthetic-s0-42559b"
+
+
+def test_a_published_record_reproduces_as_made_even_after_its_track_changed(monkeypatch, capsys):
+    smoke = load_track("smoke")
+    later = dataclasses.replace(smoke, method_overrides={**smoke.method_overrides,
+                                                         "sasrec": {**smoke.method_overrides["sasrec"], "patience": 5}})
+    monkeypatch.setattr(reproduce_module, "load_track", lambda name: later)  # the track's pin moved since the run
+    assert main(["reproduce", SASREC_SEED_0]) == 0
+    out = capsys.readouterr().out
+    assert "REPRODUCED: synthetic seed 0" in out and "ndcg@10" in out
+    assert "note: the track now runs sasrec differently: patience 3 → 5" in out
+
+
+def test_an_edited_published_number_is_caught_and_named(tmp_path, capsys):
+    board = tmp_path / "smoke" / "synthetic.jsonl"
+    board.parent.mkdir()
+    records = [json.loads(line) for line in SMOKE_BOARD.read_text().splitlines() if '"method": "pop"' in line]
+    for record in records:
+        if record["run_id"] == POP_SEED_0:
+            record["metrics"]["test"]["recall@10"] += 0.05
+    board.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["reproduce", POP_SEED_0, "--leaderboards", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "NOT REPRODUCED" in out and "- recall@10: published" in out
+    assert main(["reproduce", "no-such-run", "--leaderboards", str(tmp_path)]) == 2
+    assert "no published record has run id 'no-such-run'" in capsys.readouterr().err
+    assert main(["reproduce", POP_SEED_0, "--seed", "1", "--leaderboards", str(tmp_path)]) == 2  # bundle options
