@@ -18,9 +18,10 @@ from harness import METRIC_VERSION, PROTOCOL_VERSION
 from harness.board.results import ResultSet, is_stale, load_results
 from harness.board.stats import seed_summary
 from harness.board.store import RunStore, default_runs_dir, default_url
-from harness.board.tables import compare_rows, leaderboard_rows
+from harness.board.tables import compare_rows, leaderboard_rows, peer_rows
 from harness.errors import HarnessError
 from harness.paths import LEADERBOARDS_DIR
+from harness.registry import peer_pairs
 from harness.run.tracks import load_track
 
 st.set_page_config(page_title="gr-harness leaderboard", layout="wide")
@@ -160,6 +161,11 @@ def leaderboard_view(results: ResultSet) -> None:
     st.dataframe(table.drop(columns=["tied_with_best"]), hide_index=True, use_container_width=True,
                  column_config={"method": st.column_config.TextColumn(width="large"),
                                 "note": st.column_config.TextColumn(width="large")})
+    for peer, ours in peer_pairs(groups).items():  # another library's implementation beside ours, metric by metric
+        if peer in chosen and ours in chosen:
+            st.caption(plain(f"{ours} beside its peer {peer}: test means over each row's seeds, ours / peer, and the "
+                             f"paired difference over users (bootstrap CI, Wilcoxon, unadjusted)"))
+            st.dataframe(pd.DataFrame(peer_rows(subset, groups, ours, peer, ks)), hide_index=True)
     if any(r["verified"] for r in rows):
         st.caption("✓ reproduced: a submission bundle whose seed was re-run by `harness reproduce` on the "
                    "publisher's machine with every test metric within the bundle's tolerance")
@@ -253,6 +259,9 @@ def detail_view(results: ResultSet) -> None:
     if record.get("failure"):
         st.text(f"failure: {record['failure']}")
     st.code(record.get("command") or "(command not recorded)", language="bash")
+    if record.get("track") and record.get("status") in ("ok", "budget_bound"):
+        st.caption("Re-run this record as it was made and check every test metric against it:")
+        st.code(f"harness reproduce {record['run_id']}", language="bash")
     mark = record.get("verified")
     if mark:
         st.success(plain(f"Verified: seed {mark.get('seed')} of bundle {mark.get('bundle')} reproduced within "

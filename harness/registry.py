@@ -60,3 +60,19 @@ def get(name: str) -> type[Method]:
         raise HarnessError(f"unknown method {name!r}; available: {', '.join(sorted(found))} "
                            f"(see `harness methods`)")
     return found[name]
+
+
+def peer_pairs(groups: dict[str, list[dict]]) -> dict[str, str]:
+    """A board's peer rows (their records carry `peer`) → the label of the built-in each mirrors (the peer
+    plugin's `peer_of`); peers whose plugin is not installed here, or that name none, are left out."""
+    pairs = {}
+    for label, records in groups.items():
+        if not records[0].get("peer"):
+            continue
+        try:
+            ours = get(records[0]["method"]).peer_of
+        except HarnessError:
+            continue
+        if ours:
+            pairs[label] = ours
+    return pairs

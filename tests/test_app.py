@@ -69,6 +69,25 @@ def test_the_published_cpu_small_board_is_shown(tmp_path, monkeypatch):
     table = at.dataframe[0].value
     assert {"pop", "sasrec", "sasrec[loss=bce]", "argus"} <= set(table["method"])
     assert (table.loc[table["method"] == "sasrec", "seeds"] == 5).all()
+    peer = "cornac-sasrec (peer: cornac 3.0.1)"
+    if peer in set(table["method"]) and registry_has("cornac-sasrec"):  # the peer beside ours, metric by metric
+        assert any(c.value.startswith(f"sasrec beside its peer {peer}") for c in at.caption)
+        beside = next(d.value for d in at.dataframe if "ours / peer" in d.value.columns)
+        assert {"recall@10", "ndcg@10"} <= set(beside["metric"])
+    at.sidebar.radio[0].set_value("Run detail").run(timeout=60)
+    assert not at.exception
+    codes = [c.value for c in at.code]
+    assert any(c.startswith("harness reproduce ") for c in codes)  # a published record's re-run, by its id
+
+
+def registry_has(name: str) -> bool:
+    from harness.errors import HarnessError
+    from harness.registry import get
+    try:
+        get(name)
+        return True
+    except HarnessError:
+        return False
 
 
 def test_stale_published_records_are_shown_on_request_and_marked(published):

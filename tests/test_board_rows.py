@@ -284,7 +284,7 @@ def test_a_peer_row_is_set_beside_its_counterpart_metric_by_metric(tmp_path):
     import numpy as np
 
     from harness.board.tables import peer_rows, peer_sections
-    from harness.cli.boards import peer_pairs
+    from harness.registry import peer_pairs
 
     hits = {"ours": [1, 1, 0, 1, 0, 1, 1, 0], "peer": [1, 0, 0, 1, 0, 0, 1, 0]}
     records, sources = [], {}

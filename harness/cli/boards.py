@@ -70,26 +70,10 @@ def _primary(args: argparse.Namespace) -> tuple[str, list[int], int]:
     return "ndcg@10", [5, 10, 20, 50], 3
 
 
-def peer_pairs(groups: dict[str, list[dict]]) -> dict[str, str]:
-    """Each peer row's label → its counterpart's label (the peer plugin's `peer_of`); peers whose plugin is not
-    installed here, or that name no counterpart, are left out."""
-    from harness import registry
-    pairs = {}
-    for label, records in groups.items():
-        if not records[0].get("peer"):
-            continue
-        try:
-            ours = registry.get(records[0]["method"]).peer_of
-        except HarnessError:
-            continue
-        if ours:
-            pairs[label] = ours
-    return pairs
-
-
 def extra_sections(results, ks: Sequence[int], fmt: str) -> str:
     """What a board prints under its table: Gryphon's Table 2 per row with a beam pool, each peer beside ours."""
     from harness.board.tables import peer_sections, pool_sections
+    from harness.registry import peer_pairs
     groups = results.groups()
     parts = [pool_sections(groups, fmt), peer_sections(results, groups, peer_pairs(groups), ks, fmt)]
     return "\n\n".join(p for p in parts if p)
