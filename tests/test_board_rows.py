@@ -73,18 +73,30 @@ def test_rows_without_per_user_terms_are_decided_by_their_seeds():
     assert by["b"]["diff"] < 0 and by["c"]["tied"] is True
 
 
-def _pop(run_id, seed, split="s", seconds=600, recall=0.1, status="ok"):
+def _pop(run_id, seed, split="s", seconds=600, recall=0.1, status="ok", epochs=30):
     record = _record(run_id, "pop", seed, recall)
-    record.update(split_id=split, budget={"seconds": seconds, "max_epochs": 30}, status=status)
+    record.update(split_id=split, budget={"seconds": seconds, "max_epochs": epochs}, status=status)
     return record
 
 
 def test_rows_never_pool_records_of_different_splits_or_budgets():
-    results = ResultSet(records=[_pop("1", 0, "s1"), _pop("2", 0, "s2"), _pop("3", 0, "s3", seconds=60),
-                                 _pop("4", 0, "s3", seconds=600)])
+    results = ResultSet(records=[_pop("1", 0, "s1"), _pop("2", 0, "s2"), _pop("3", 0, "s3", epochs=10),
+                                 _pop("4", 0, "s3", epochs=30)])
     names = sorted(results.groups())
     assert len(names) == 4 and all(name.startswith("pop [") for name in names), names
-    assert any("split s1" in name for name in names) and any("budget 60s" in name for name in names)
+    assert any("split s1" in name for name in names) and any("budget 10 epochs" in name for name in names)
+
+
+def test_the_clocks_safety_cap_splits_only_the_runs_it_ended():
+    """Training never reads the clock: runs that stopped by their epochs or early stopping under a 60 s and a 600 s
+    cap trained the same and share a row (a track may raise its cap); runs the cap ended stay apart, by cap."""
+    results = ResultSet(records=[_pop("1", 0, seconds=60), _pop("2", 1, seconds=600), _pop("3", 2, seconds=600),
+                                 _pop("4", 0, seconds=60, status="budget_bound"),
+                                 _pop("5", 0, seconds=600, status="budget_bound")])
+    groups = results.groups()
+    assert [r["run_id"] for r in groups["pop"]] == ["1", "2", "3"]
+    bound = sorted(name for name in groups if name != "pop")
+    assert bound == ["pop [cap 600s] (budget-bound)", "pop [cap 60s] (budget-bound)"]
 
 
 def test_a_budget_bound_row_is_shown_apart_and_never_ranked():

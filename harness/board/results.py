@@ -136,12 +136,15 @@ ROW_PARTS = ("config", "split", "protocol", "budget", "versions", "precision", "
 
 def row_key(record: dict[str, Any]) -> tuple:
     """What must be equal for two records to share a board row: the method configuration, the split, the protocol,
-    the track's budget, the metric and protocol versions, the training precision, and whether the clock ended
-    training (`budget_bound`)."""
+    the budget, the metric and protocol versions, the training precision, and whether the clock ended training
+    (`budget_bound`). The budget is the epoch cap; the clock's safety cap counts only for runs it ended: a run
+    that stopped by its epochs or early stopping trained the same under any cap (training never reads the clock),
+    so a track may raise its cap without splitting its rows."""
     budget = record.get("budget") or {}
+    bound = record.get("status") == "budget_bound"
     return (record.get("method_config_hash", ""), record.get("split_id"),
             json.dumps(record.get("protocol") or {}, sort_keys=True, default=str),
-            (budget.get("seconds"), budget.get("max_epochs")),
+            (budget.get("seconds") if bound else None, budget.get("max_epochs")),
             (record.get("metric_version"), record.get("protocol_version")), record.get("precision", "fp32"),
             record.get("status") == "budget_bound")
 
@@ -149,7 +152,9 @@ def row_key(record: dict[str, Any]) -> tuple:
 def _row_names(label: str, keys: list[tuple]) -> dict[tuple, str]:
     """`label`, or `label [what differs]` when records under one label are not comparable; `(budget-bound)` always
     marks runs the clock ended."""
-    varying = {part for i, part in enumerate(ROW_PARTS[:-1]) if len({k[i] for k in keys}) > 1}
+    varying = {part for i, part in enumerate(ROW_PARTS[:-1])
+               if len({k[i][1] if part == "budget" else k[i] for k in keys}) > 1}  # budget: the epoch cap
+    caps = {k[3][0] for k in keys if k[6]}  # the safety caps of the runs they ended
     names = {}
     for key in keys:
         config, split, protocol, budget, versions, precision, bound = key
@@ -161,7 +166,9 @@ def _row_names(label: str, keys: list[tuple]) -> dict[tuple, str]:
         if "protocol" in varying:
             said.append(f"protocol {json.loads(protocol).get('name', '?')} {content_hash(protocol)[:6]}")
         if "budget" in varying:
-            said.append(f"budget {budget[0]}s/{budget[1]} epochs")
+            said.append(f"budget {budget[1]} epochs")
+        if bound and len(caps) > 1:
+            said.append(f"cap {budget[0]}s")
         if "versions" in varying:
             said.append(f"metric v{versions[0]}, protocol v{versions[1]}")
         if "precision" in varying:
