@@ -80,7 +80,8 @@ class Reproduction:
     def render(self) -> str:
         table = tabulate(self.rows, headers=["metric (test)", self.kind, "reproduced", "|diff|", "allowed", "ok"],
                          floatfmt=".6f") if self.rows else ""
-        verdict = (f"REPRODUCED: {self.dataset} seed {self.seed}, every test metric {self.rule}"
+        same = " (identical to the recorded 6 decimals)" if self.max_abs_diff == 0 else ""
+        verdict = (f"REPRODUCED: {self.dataset} seed {self.seed}, every test metric {self.rule}{same}"
                    if self.passed else "NOT REPRODUCED:\n" + "\n".join(f"- {p}" for p in self.problems))
         return "\n".join(part for part in (table, verdict, *(f"note: {n}" for n in self.notes)) if part)
 
