@@ -259,7 +259,8 @@ def detail_view(results: ResultSet) -> None:
     if record.get("failure"):
         st.text(f"failure: {record['failure']}")
     st.code(record.get("command") or "(command not recorded)", language="bash")
-    if record.get("track") and record.get("status") in ("ok", "budget_bound"):
+    published = isinstance(results.sources.get(run_id), Path)  # a board's record, not only the local store's
+    if record.get("track") and record.get("status") == "ok" and published:
         st.caption("Re-run this record as it was made and check every test metric against it:")
         st.code(f"harness reproduce {record['run_id']}", language="bash")
     mark = record.get("verified")

@@ -63,16 +63,19 @@ def get(name: str) -> type[Method]:
 
 
 def peer_pairs(groups: dict[str, list[dict]]) -> dict[str, str]:
-    """A board's peer rows (their records carry `peer`) → the label of the built-in each mirrors (the peer
-    plugin's `peer_of`); peers whose plugin is not installed here, or that name none, are left out."""
+    """A board's peer rows (their records carry `peer`) → the label of our row each mirrors: the record's `peer_of`
+    (records made before it was recorded: the installed plugin's), paired only where that row is on the board; rows
+    the clock ended are left out on both sides."""
     pairs = {}
     for label, records in groups.items():
-        if not records[0].get("peer"):
+        if not records[0].get("peer") or any(r.get("status") == "budget_bound" for r in records):
             continue
-        try:
-            ours = get(records[0]["method"]).peer_of
-        except HarnessError:
-            continue
-        if ours:
+        ours = records[0].get("peer_of")
+        if ours is None:
+            try:
+                ours = get(records[0]["method"]).peer_of
+            except HarnessError:
+                continue
+        if ours and ours in groups:
             pairs[label] = ours
     return pairs

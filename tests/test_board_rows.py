@@ -316,16 +316,26 @@ def test_a_peer_row_is_set_beside_its_counterpart_metric_by_metric(tmp_path):
     peer = "cornac-sasrec (peer: cornac 3.0.1)"
     assert set(groups) == {"sasrec", peer}
     rows = {row["metric"]: row for row in peer_rows(results, groups, "sasrec", peer, [10])}
-    assert rows["recall@10"]["ours (2 seeds)"] == "0.6250" and rows["recall@10"]["peer (2 seeds)"] == "0.3750"
+    assert (rows["recall@10"]["ours"], rows["recall@10"]["peer"]) == ("0.6250", "0.3750")
+    assert rows["recall@10"]["seeds (ours, peer)"] == "2, 2"
     assert rows["recall@10"]["ours / peer"] == "1.667"
     assert rows["recall@10"]["diff (boot 95% CI)"].startswith("+0.2500")  # two users hit by ours only
     assert float(rows["recall@10"]["p wilcoxon"]) > 0.05  # two users of eight: not a difference
-    # the pairing comes from the installed peer plugin; a peer without one is left out, never guessed
+    # the pairing comes from the record (`peer_of`), else the installed peer plugin; never guessed
+    for record in groups[peer]:
+        record["peer_of"] = "sasrec"
+    assert peer_pairs(groups) == {peer: "sasrec"}
+    assert peer_pairs({peer: groups[peer]}) == {}  # our row is not on this board: nothing to set it beside
+    for record in groups[peer]:
+        record["peer_of"] = None  # a record made before peer_of was recorded
     try:
         import cornac_peers  # noqa: F401
         assert peer_pairs(groups) == {peer: "sasrec"}
     except ImportError:
         assert peer_pairs(groups) == {}
+    for record in groups[peer]:
+        record["split_id"] = "other"  # rows of different splits: means side by side, no paired test
+    assert peer_rows(results, groups, "sasrec", peer, [10])[0]["p wilcoxon"] == ""
     section = peer_sections(results, groups, {peer: "sasrec"}, [10])
     assert section.startswith(f"sasrec beside its peer {peer}") and "1.667" in section
     assert peer_sections(results, groups, {peer: "argus"}, [10]) == ""  # no such row on this board

@@ -62,7 +62,8 @@ def test_packed_training_forward_and_gradients_equal_the_padded_transformer():
 
 def test_bf16_row_padding_changes_no_output_or_gradient(monkeypatch):
     """Under CPU bf16 the packed tokens are padded with zero rows (oneDNN reuses kernels of repeated shapes); forced on
-    in fp32 here, the padded encoder gives the unpadded one's logits, memory and gradients exactly."""
+    in fp32 here (dropout 0: padding rows would take dropout draws), the padded encoder gives the unpadded one's
+    logits, memory and gradients to float rounding."""
     import harness.nn.transformer as transformer
     model = _model().train()
     sids, users, target = _batch()

@@ -39,3 +39,10 @@ def test_an_edited_published_number_is_caught_and_named(tmp_path, capsys):
     assert main(["reproduce", "no-such-run", "--leaderboards", str(tmp_path)]) == 2
     assert "no published record has run id 'no-such-run'" in capsys.readouterr().err
     assert main(["reproduce", POP_SEED_0, "--seed", "1", "--leaderboards", str(tmp_path)]) == 2  # bundle options
+    assert main(["reproduce", "no/such/bundle"]) == 2
+    assert "no such bundle folder" in capsys.readouterr().err
+    for record in records:
+        record["status"] = "budget_bound"  # the clock ended it: nothing its metrics can be held to
+    board.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["reproduce", POP_SEED_0, "--leaderboards", str(tmp_path)]) == 2
+    assert "ended budget_bound" in capsys.readouterr().err

@@ -127,7 +127,7 @@ def leaderboard_rows(results: ResultSet, ks: Sequence[int], primary: str, correc
         row["train_s"] = _median([u.get("train_seconds") for u in used])
         row["cpu_s"] = _median([u.get("cpu_seconds") for u in used])
         row["stage_s"] = _median([u.get("stage_seconds") for u in used])
-        row["budget_s"] = records[0].get("budget", {}).get("seconds")
+        row["budget_s"] = max((r.get("budget") or {}).get("seconds") or 0 for r in records) or None  # the largest cap
         row["cold_targets"] = _median([(r.get("eval") or {}).get("cold_target_share") for r in records])
         row["tuning_trials"] = (records[0].get("tuning") or {}).get("trials", 0)
         notes = [reasons[label]] if label in reasons else []
@@ -154,9 +154,9 @@ def tie_word(tie: dict[str, Any] | None) -> str:
 
 
 def _median(values):
-    """The median, to 6 significant digits (the mean of two middle values must not print as 2809.8999999999996)."""
+    """The median, to 6 decimals (the mean of two middle values must not print as 2809.8999999999996)."""
     values = [v for v in values if v is not None]
-    return None if not values else float(f"{float(np.median(values)):.6g}")
+    return None if not values else round(float(np.median(values)), 6)
 
 
 def compare_rows(results: ResultSet, labels: dict[str, list[dict]], metric: str, test: str, correction: str,
@@ -317,16 +317,17 @@ def peer_rows(results: ResultSet, groups: dict[str, list[dict]], ours: str, peer
     evaluator): per test metric, each row's mean over its seeds, the ratio ours / peer, and the paired test of the
     two over users (per-user terms averaged over each row's seeds, as the board's comparisons)."""
     names = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")] + ["mrr"]
+    one_split = len({r.get("split_id") for r in groups[ours] + groups[peer]}) == 1  # else nothing pairs users
     out = []
     for metric in names:
         a, b = method_results(results, {ours: groups[ours], peer: groups[peer]}, metric)
         if not a.seed_values or not b.seed_values:
             continue
         mean_a, mean_b = float(np.mean(a.seed_values)), float(np.mean(b.seed_values))
-        test = paired(a.per_user, b.per_user) if a.per_user is not None and b.per_user is not None \
+        test = paired(a.per_user, b.per_user) if one_split and a.per_user is not None and b.per_user is not None \
             and a.per_user.shape == b.per_user.shape else {}
-        out.append({"metric": metric, f"ours ({len(a.seed_values)} seeds)": f"{mean_a:.4f}",
-                    f"peer ({len(b.seed_values)} seeds)": f"{mean_b:.4f}",
+        out.append({"metric": metric, "ours": f"{mean_a:.4f}", "peer": f"{mean_b:.4f}",
+                    "seeds (ours, peer)": f"{len(a.seed_values)}, {len(b.seed_values)}",
                     "ours / peer": _fmt(mean_a / mean_b if mean_b else None, ".3f"),
                     "diff (boot 95% CI)": "-" if not test else
                     f"{test['diff']:+.4f} [{test['boot_low']:+.4f}, {test['boot_high']:+.4f}]",
@@ -337,7 +338,7 @@ def peer_rows(results: ResultSet, groups: dict[str, list[dict]], ours: str, peer
 def peer_sections(results: ResultSet, groups: dict[str, list[dict]], pairs: dict[str, str], ks: Sequence[int],
                   fmt: str = "md") -> str:
     """One table per peer row that has its counterpart on the board; `pairs` maps a peer row's label to our row's
-    (the peer plugin's `peer_of`, looked up by the caller: the board reads records, not plugins)."""
+    (`harness.registry.peer_pairs`: the records' `peer_of`)."""
     out = []
     for peer, ours in pairs.items():
         if peer in groups and ours in groups:

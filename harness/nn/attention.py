@@ -12,7 +12,8 @@ drops nothing (eval, p = 0) attention takes PyTorch's fused kernel.
 
 Under CPU bf16 autocast the packed token count is padded with zero rows to a multiple of `BF16_ROW_MULTIPLE`: oneDNN
 compiles a bf16 kernel per matrix shape, and an unpadded count is new at nearly every batch (compiling cost several
-times the product itself). The padding rows are never attended to nor read back; fp32 runs are not padded.
+times the product itself). The padding rows are never attended to nor read back (they do take dropout draws, so a
+bf16 run's masks are its own); fp32 runs are not padded.
 """
 from __future__ import annotations
 

@@ -39,13 +39,14 @@ def new_run_id(spec: RunSpec, dataset: str, started: datetime) -> str:
 
 
 def new_record(spec: RunSpec, run_id: str, started: datetime, paper: str, config: dict[str, Any], dataset: str,
-               fingerprint: str, split: Any, n_items: int, device: torch.device, peer: str = "") -> dict[str, Any]:
+               fingerprint: str, split: Any, n_items: int, device: torch.device, peer: str = "",
+               peer_of: str = "") -> dict[str, Any]:
     """Every field of a record, filled with what is known before fit."""
     return {
         "run_id": run_id, "status": "ok", "failure": None,
         "method": spec.method, "method_config": config, "config_overrides": spec.overrides,
         "method_config_hash": config_hash(config),
-        "paper": paper, "peer": peer or None,
+        "paper": paper, "peer": peer or None, "peer_of": peer_of or None,
         "dataset": dataset, "dataset_fingerprint": fingerprint, "split_id": split.split_id,
         "protocol": split.protocol, "track": spec.track, "seed": spec.seed,
         "budget": {"seconds": spec.budget_seconds, "max_epochs": spec.max_epochs}, "precision": spec.precision,

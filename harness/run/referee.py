@@ -183,7 +183,7 @@ def _referee(spec: RunSpec, store: RunStore, prepared: Prepared, observer: Obser
     started = datetime.now(timezone.utc)
     run_id = new_run_id(spec, card.name, started)
     record = new_record(spec, run_id, started, method_cls.paper, config, card.name, dataset.fingerprint(), split,
-                        dataset.n_items, device, method_cls.peer)
+                        dataset.n_items, device, method_cls.peer, method_cls.peer_of)
     record["isolation"] = mode
     per_user: dict[str, dict[str, np.ndarray]] = {}
     seed_everything(spec.seed)

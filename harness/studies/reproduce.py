@@ -17,8 +17,9 @@ from typing import Any, Sequence
 import numpy as np
 from tabulate import tabulate
 
+from harness.board.results import load_results
 from harness.board.store import RunStore
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 from harness.paths import LEADERBOARDS_DIR
 from harness.run.record import hardware, versions
 from harness.run.referee import prepare, resolve_device, run
@@ -155,6 +156,7 @@ def published_spec(record: dict[str, Any]) -> RunSpec:
                            f"({record.get('command')})")
     budget = record.get("budget") or {}
     asked: dict[str, Any] = {"seed": int(record.get("seed", 0)), "overrides": dict(record.get("method_config") or {}),
+                             "threads": (record.get("used") or {}).get("threads"),
                              "protocol": dict(record.get("protocol") or {}), "budget_seconds": budget.get("seconds"),
                              "max_epochs": budget.get("max_epochs"), "precision": record.get("precision", "fp32"),
                              "command": f"harness reproduce {record['run_id']}"}
@@ -167,19 +169,31 @@ def reproduce_published(run_id: str, tolerance: float | None = None, device: str
                         isolation: str | None = None, leaderboards_dir: Path = LEADERBOARDS_DIR) -> Reproduction:
     """Re-run one published record on this machine and compare (exactly where this machine made it)."""
     submitted, path = find_published(run_id, leaderboards_dir)
+    if submitted.get("status") != "ok":
+        raise HarnessError(f"run {run_id} ended {submitted.get('status')}: only a run that ended by its epochs or "
+                           f"early stopping can be held to its metrics")
     spec = published_spec(submitted)
-    registered = RunSpec.for_track(load_track(spec.track), spec.method, spec.dataset).method_config()  # today's
+    try:  # what the track runs today with the same --set values
+        registered = RunSpec.for_track(load_track(spec.track), spec.method, spec.dataset,
+                                       overrides=dict(submitted.get("config_overrides") or {})).method_config()
+    except ConfigError:  # a --set key the plugin no longer has
+        registered = None
     if device:
         spec.device = device
     if isolation:
         spec.isolation = isolation
-    # the row's other seeds give the spread a reproduction elsewhere may land within
-    row = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    row = [r for r in row if r.get("method_config_hash") == submitted.get("method_config_hash")]
+    # the seeds of its board row give the spread a reproduction elsewhere may land within
+    board = load_results(track=submitted["track"], dataset=submitted["dataset"], store=None,
+                         leaderboards_dir=Path(leaderboards_dir))
+    row = next((records for records in board.groups().values() if any(r["run_id"] == run_id for r in records)),
+               [submitted])
     tolerances, rule = metric_tolerances(row, same_machine(submitted, spec), tolerance)
     result = Reproduction(path, "published", submitted["dataset"], int(submitted.get("seed", 0)), tolerances, rule)
     changed = _config_difference(submitted.get("method_config"), registered)
-    if changed:
+    if registered is None:
+        result.notes.append(f"the track can no longer run this record's --set values "
+                            f"({submitted.get('config_overrides')}): it is re-run with its recorded config")
+    elif changed:
         result.notes.append(f"the track now runs {spec.method} differently{changed} (record → today): this record "
                             f"is re-run as it was made, and stands for an older pin")
     with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
