@@ -175,7 +175,7 @@ def test_a_board_with_runs_of_two_splits_ranks_one_and_does_not_crash(tmp_path, 
     for n_users in (300, 200):  # two synthetic sizes: two splits with different numbers of users
         assert main(["run", "--method", "pop", "--seeds", "3", "--jobs", "1", "--data-set", f"n_users={n_users}",
                      "--data-set", "n_items=120", "--runs-dir", str(tmp_path / "runs")]) == 0
-    capsys.readouterr()
+        assert "pop on synthetic: seeds 0, 1, 2" in capsys.readouterr().err  # a count, said before it runs
     assert main(["leaderboard", "--dataset", "synthetic", "--format", "json", *runs]) == 0
     rows = __import__("json").loads(capsys.readouterr().out)
     assert sorted(r["tied_with_best"] for r in rows) == ["best", "n/a"]

@@ -235,6 +235,9 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             records = [run(spec, store)]
         else:
             seeds = parse_seeds(args.seeds, default=track.seeds if track else 1)
+            # said before the long part: `--seeds 2` is a count (seeds 0 and 1), `--seeds 2,` seed 2 alone
+            print(f"{args.method} on {dataset}: seed{'s' if len(seeds) > 1 else ''} "
+                  f"{', '.join(map(str, seeds))}", file=sys.stderr)
             records = run_seeds(spec, seeds, store, n_jobs=args.jobs, resume=not args.force)
         for record in records:
             if args.json:
