@@ -412,3 +412,18 @@ BROKEN = {  # plugin → the checks it must fail, and words the failure's reason
 # read them, and then the public data betrays it.
 PUBLISHED_RANKS = {"sandbox": ({"run"}, "no published per-user ranks of pop"),
                    "process": ({"hidden-variant"}, "knows the public answers")}
+
+
+# --- the environment -------------------------------------------------------------------------------------------------
+
+class BlasThreads(Honest):
+    """Records the threads of every BLAS / OpenMP pool (numpy, scipy, scikit-learn) as its fit saw them."""
+    name = "gallery-blas-threads"
+
+    def fit(self, train, budget):
+        from threadpoolctl import threadpool_info
+        self.pools = {f"{p['internal_api']}:{p['filepath']}": p["num_threads"] for p in threadpool_info()}
+        super().fit(train, budget)
+
+    def diagnostics(self):
+        return {"pools": self.pools}

@@ -134,6 +134,25 @@ def test_threads_are_the_tracks_whether_seeds_run_side_by_side_or_alone(tmp_path
     assert {r["used"]["threads"] for r in side_by_side + alone} == {SMOKE.threads}
 
 
+@pytest.mark.parametrize("isolation", ["none", "process"])
+def test_blas_and_openmp_pools_run_at_the_tracks_threads_too(isolation, tiny_spec, store, plugin, monkeypatch):
+    """numpy / scipy / scikit-learn sum in as many parts as their pools have threads (a TF-IDF SVD differs in its
+    last bits between 1 and 2, and a model trained on it drifts), so a run pins them as it pins torch's, whatever
+    the machine's cores or the caller's settings; the caller gets its own back."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from plugins_gallery import BlasThreads
+    plugin(BlasThreads)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # a worker's pools start at 2, as on an unpinned 2-core machine
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    with threadpool_limits(2):
+        record = run(tiny_spec("gallery-blas-threads", threads=1, isolation=isolation), store)
+        assert record["status"] == "ok", record["failure"]
+        pools = record["diagnostics"]["pools"]
+        assert pools and set(pools.values()) == {1}, pools
+        assert {p["num_threads"] for p in threadpool_info()} == {2}  # the caller's, given back
+
+
 @needs_shared
 def test_sasrec_trains_on_every_training_target_of_ml_latest_small():
     data = load("ml-latest-small")

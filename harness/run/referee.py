@@ -21,6 +21,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from harness import registry
 from harness.api import Budget, Method, TrainView
@@ -156,14 +157,15 @@ class Observer(Protocol):
 def run(spec: RunSpec, store: RunStore | None = None, prepared: Prepared | None = None,
         observer: Observer | None = None) -> dict[str, Any]:
     """Execute one run and store its record. User errors (unknown names, bad data, bad config) raise HarnessError
-    before anything is stored; a failing plugin yields a stored `failed` record. The run uses the spec's threads
-    (a track pins them) and gives the caller's back afterwards."""
+    before anything is stored; a failing plugin yields a stored `failed` record. The run uses the spec's threads (a
+    track pins them: torch's and the BLAS / OpenMP pools', whose sums depend on them) and gives the caller's back."""
     prepared = prepared or prepare(spec)
     threads = torch.get_num_threads()
     if spec.threads:
         torch.set_num_threads(spec.threads)
     try:
-        return _referee(spec, store or RunStore(), prepared, observer)
+        with threadpool_limits(spec.threads) if spec.threads else contextlib.nullcontext():
+            return _referee(spec, store or RunStore(), prepared, observer)
     finally:
         torch.set_num_threads(threads)
 

@@ -38,6 +38,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from harness.api import Budget, Method, TopK, TrainView
@@ -301,8 +302,9 @@ def serve(conn) -> None:
     sys.path[:0] = [p for p in setup["sys_path"] if p not in sys.path]  # where the referee found the plugin
     os.environ.clear()
     os.environ.update(setup["environ"])
-    if setup["threads"]:
+    if setup["threads"]:  # torch's threads and the BLAS / OpenMP pools of numpy, scipy and scikit-learn
         torch.set_num_threads(setup["threads"])
+        threadpool_limits(setup["threads"])
     seed_everything(setup["seed"])
     device = torch.device(setup["device"])
     budget = Budget(setup["budget_seconds"], setup["max_epochs"])
