@@ -145,8 +145,7 @@ def row_key(record: dict[str, Any]) -> tuple:
     return (record.get("method_config_hash", ""), record.get("split_id"),
             json.dumps(record.get("protocol") or {}, sort_keys=True, default=str),
             (budget.get("seconds") if bound else None, budget.get("max_epochs")),
-            (record.get("metric_version"), record.get("protocol_version")), record.get("precision", "fp32"),
-            record.get("status") == "budget_bound")
+            (record.get("metric_version"), record.get("protocol_version")), record.get("precision", "fp32"), bound)
 
 
 def _row_names(label: str, keys: list[tuple]) -> dict[tuple, str]:

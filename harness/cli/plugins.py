@@ -119,9 +119,9 @@ def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from harness.plugins.submit import publish, reproduce_all
     from harness.studies.reproduce import reproduce_published
 
-    if Path(args.bundle).is_dir() or "/" in args.bundle:  # a run id has no slash: a path that is not a folder
-        if not Path(args.bundle).is_dir():
-            raise HarnessError(f"{args.bundle}: no such bundle folder")
+    if "/" in args.bundle and not Path(args.bundle).is_dir():  # a run id has no slash
+        raise HarnessError(f"{args.bundle}: no such bundle folder")
+    if Path(args.bundle).is_dir():
         # a reproduction that may be published runs the plugin in the sandbox (a user error where there is none)
         results = reproduce_all(args.bundle, None if args.seed is None else [args.seed], args.dataset,
                                 args.tolerance, args.device, "sandbox" if args.publish else None)
