@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
 import altair as alt
 import numpy as np
@@ -90,12 +91,12 @@ def cost_chart(frame: pd.DataFrame, cost: str, metric: str, title: str):
     return (points + front).properties(title=title, height=300)
 
 
-def track_seeds(track: str) -> int:
-    """The seeds a ranked row needs on a track (the track's, at least 3)."""
+def track_seeds(track: str) -> Callable[[str], int]:
+    """The seeds a ranked row of a method needs on a track (the track's for that method, at least 3)."""
     try:
         return load_track(track).ranked_seeds
     except HarnessError:  # runs made outside any track, or a track file that is gone
-        return 3
+        return lambda method: 3
 
 
 def flagship(results: ResultSet) -> tuple[str, str]:
@@ -105,7 +106,8 @@ def flagship(results: ResultSet) -> tuple[str, str]:
 
     def completeness(board: tuple[str, str]) -> tuple:
         subset = results.subset(lambda r: (str(r.get("track")), r["dataset"]) == board)
-        full = sum(len(records) >= track_seeds(board[0]) for records in subset.groups().values())
+        needs = track_seeds(board[0])
+        full = sum(len(records) >= needs(records[0]["method"]) for records in subset.groups().values())
         return board[0] != "None", full, len(subset.records)
     return max(boards, key=completeness)
 
@@ -133,16 +135,17 @@ def leaderboard_view(results: ResultSet) -> None:
                 if any(m in r["metrics"].get("test", {}) for r in subset.records)]
     metric = st.selectbox("Metric for ties and plots", [f"ndcg@{k}" for k in ks] + [f"recall@{k}" for k in ks]
                           + ranking, index=min(1, len(ks) - 1))  # AUC where the protocol has labelled exposures
-    rows = leaderboard_rows(subset, ks, metric, min_seeds=track_seeds(track))
+    needs = track_seeds(track)
+    rows = leaderboard_rows(subset, ks, metric, min_seeds=needs)
     labels = [r["method"] for r in rows]
     left, right = st.columns([3, 1])
     chosen = left.multiselect("Methods", labels, default=labels)
-    few = right.checkbox(f"Rows with fewer than {track_seeds(track)} seeds", value=True)
-    rows = [r for r in rows if r["method"] in chosen and (few or r["seeds"] >= track_seeds(track))]
+    groups = subset.groups()
+    few = right.checkbox("Rows short of the track's seeds", value=True)
+    rows = [r for r in rows if r["method"] in chosen and (few or r["seeds"] >= needs(groups[r["method"]][0]["method"]))]
     if not rows:
         st.info("No row matches the filter.")
         return
-    groups = subset.groups()
     shown = [record for r in rows for record in groups[r["method"]]]  # one record per seed, as the table counts
     stale = [r for r in subset.records if is_stale(r)]
     if stale:

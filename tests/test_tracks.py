@@ -1,4 +1,5 @@
-"""Track pins: per-dataset method overrides are laid over the track's method sizes for that dataset only."""
+"""Track pins: per-dataset method overrides are laid over the track's method sizes for that dataset only; per-method
+seed counts."""
 from __future__ import annotations
 
 import pytest
@@ -25,4 +26,31 @@ def test_a_dataset_override_for_a_dataset_outside_the_track_is_refused(tmp_path,
                                      "dataset_method_overrides: {beauty: {sasrec: {patience: 3}}}\n")
     monkeypatch.setattr(tracks, "TRACKS_DIR", tmp_path)
     with pytest.raises(ConfigError, match="beauty"):
+        load_track("t")
+
+
+def test_costly_methods_run_and_rank_on_their_own_seed_count_and_never_under_three(tmp_path, monkeypatch):
+    from harness.board.results import ResultSet
+    from harness.board.tables import leaderboard_rows
+    from harness.studies.sweep import expand
+    track = load_track("cpu-small")
+    assert track.seeds_for("sasrec") == 5 and track.seeds_for("tiger") == 3
+    runs = expand(track, ["sasrec", "tiger"], ["scientific"])
+    assert sorted(s.seed for s in runs.specs if s.method == "tiger") == [0, 1, 2]
+    assert sorted(s.seed for s in runs.specs if s.method == "sasrec") == [0, 1, 2, 3, 4]
+
+    def record(method, seed):
+        return {"run_id": f"{method}{seed}", "method": method, "seed": seed, "status": "ok", "split_id": "s",
+                "method_config_hash": method, "config_overrides": {}, "budget": {"seconds": 60},
+                "metrics": {"test": {"ndcg@10": 0.1 + seed / 100}}}
+    # three seeds rank tiger on this track; sasrec with three of its five does not
+    rows = {r["method"]: r for r in leaderboard_rows(ResultSet(records=[record(m, s) for m in ("sasrec", "tiger")
+                                                                        for s in range(3)]),
+                                                     [10], "ndcg@10", min_seeds=track.ranked_seeds)}
+    assert rows["tiger"]["tied_with_best"] != "n/a"
+    assert rows["sasrec"]["note"] == "3 of the 5 seeds a ranked row needs"
+
+    (tmp_path / "t.yaml").write_text("name: t\ndescription: x\ndatasets: [synthetic]\nmethod_seeds: {tiger: 2}\n")
+    monkeypatch.setattr(tracks, "TRACKS_DIR", tmp_path)
+    with pytest.raises(ConfigError, match="below the 3 seeds"):
         load_track("t")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tabulate import tabulate
@@ -40,10 +40,11 @@ def _ci(values: Sequence[float]) -> str:
     return f"{s['mean']:.4f} ± {s['ci_high'] - s['mean']:.4f}"
 
 
-def ranking(results: ResultSet, groups: dict[str, list[dict]], min_seeds: int = 3) -> tuple[set[str], dict[str, str]]:
+def ranking(results: ResultSet, groups: dict[str, list[dict]], min_seeds: int | Callable[[str], int] = 3
+            ) -> tuple[set[str], dict[str, str]]:
     """Which rows may be ranked or tied, and why each other row may not. A ranked row has the track's seeds, was
     not ended by the clock (`budget_bound`), ran isolated (not `isolation: none`), has no disagreeing reruns, and shares one split with the others (the split most
-    rows have)."""
+    rows have). `min_seeds`: one count, or per method (`Track.ranked_seeds`)."""
     disagree = results.reruns()
     splits = [records[0].get("split_id") for records in groups.values()]
     # the split most rows have; a tie goes to the lexically first split id, the same in every process
@@ -54,8 +55,8 @@ def ranking(results: ResultSet, groups: dict[str, list[dict]], min_seeds: int = 
             reasons[name] = "budget-bound: the safety cap ended training"
         elif any(r.get("isolation") == "none" for r in records):
             reasons[name] = "run in the harness's own process (isolation none, a debugging mode)"
-        elif len(records) < min_seeds:
-            reasons[name] = f"{len(records)} of the {min_seeds} seeds a ranked row needs"
+        elif len(records) < (need := min_seeds(records[0]["method"]) if callable(min_seeds) else min_seeds):
+            reasons[name] = f"{len(records)} of the {need} seeds a ranked row needs"
         elif name in disagree:
             reasons[name] = "non-reproducible: " + "; ".join(
                 f"seed {d['seed']} ran {len(d['run_ids'])} times with different metrics" for d in disagree[name])
@@ -88,7 +89,7 @@ def convergence(records: Sequence[dict[str, Any]], primary: str) -> tuple[float 
 
 
 def leaderboard_rows(results: ResultSet, ks: Sequence[int], primary: str, correction: str = "holm",
-                     alpha: float = 0.05, min_seeds: int = 3) -> list[dict[str, Any]]:
+                     alpha: float = 0.05, min_seeds: int | Callable[[str], int] = 3) -> list[dict[str, Any]]:
     """One row per comparable configuration. `tied_with_best`: best, tied (not significantly different from the best
     after correction), different, or n/a (not ranked; `note` says why)."""
     groups = results.groups()

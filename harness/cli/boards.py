@@ -61,8 +61,8 @@ def read_results(args: argparse.Namespace, dataset: str | None) -> ResultSet:
     return results
 
 
-def _primary(args: argparse.Namespace) -> tuple[str, list[int], int]:
-    """The board's primary metric, cut-offs and the seeds a ranked row needs (the track's, at least 3)."""
+def _primary(args: argparse.Namespace) -> tuple[str, list[int], Any]:
+    """The board's primary metric, cut-offs and the seeds a ranked row needs (the track's per method, at least 3)."""
     from harness.run.tracks import load_track
     if args.track:
         track = load_track(args.track)

@@ -234,7 +234,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             spec.seed = args.seed or 0
             records = [run(spec, store)]
         else:
-            seeds = parse_seeds(args.seeds, default=track.seeds if track else 1)
+            seeds = parse_seeds(args.seeds, default=track.seeds_for(args.method) if track else 1)
             # said before the long part: `--seeds 2` is a count (seeds 0 and 1), `--seeds 2,` seed 2 alone
             print(f"{args.method} on {dataset}: seed{'s' if len(seeds) > 1 else ''} "
                   f"{', '.join(map(str, seeds))}", file=sys.stderr)
@@ -289,7 +289,7 @@ def cmd_tune(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.no_final:
         return 0
     final = best_spec(study, spec, metric)
-    records = run_seeds(final, parse_seeds(args.seeds, default=track.seeds), store)
+    records = run_seeds(final, parse_seeds(args.seeds, default=track.seeds_for(spec.method)), store)
     for record in records:
         print(summary(record))
     return 0 if all(r["status"] in ("ok", "budget_bound") for r in records) else 1
@@ -304,7 +304,7 @@ def cmd_ablate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from harness.studies.seeds import parse_seeds
 
     track = load_track(args.track) if args.track else None
-    seeds = parse_seeds(args.seeds) if args.seeds else list(range(track.seeds if track else 3))
+    seeds = parse_seeds(args.seeds) if args.seeds else list(range(track.seeds_for(args.method) if track else 3))
     store = RunStore(args.store, args.runs_dir)
     spec = make_spec(args, args.dataset, argv)
     only = [v.strip() for v in args.variants.split(",")] if args.variants else None

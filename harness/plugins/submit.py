@@ -67,7 +67,7 @@ def submit(method: str, track_name: str, overrides: dict[str, Any] | None = None
     if bundle.exists() and any(bundle.iterdir()):
         raise SubmissionError(f"{bundle} already exists and is not empty")
     plugin = report.plugin
-    seeds = list(range(track.seeds))
+    seeds = list(range(track.seeds_for(method)))
     specs, record_sets = {}, {}
     with tempfile.TemporaryDirectory(prefix="submit-") as tmp:
         store = RunStore(runs_dir=tmp)

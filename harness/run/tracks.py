@@ -31,16 +31,21 @@ class Track:
     ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
     primary_metric: str = "ndcg@10"
     seeds: int = 5
+    # fewer seeds for methods whose runs are costly, never under the 3 a ranked row needs (DESIGN §4.5)
+    method_seeds: dict[str, int] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     # per dataset, laid over method_overrides: {dataset: {method: {key: value}}}, e.g. a longer patience where a
     # small dataset's validation curve is noisy
     dataset_method_overrides: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
-    @property
-    def ranked_seeds(self) -> int:
-        """The seeds a board row needs to be ranked or tied: the track's, and never fewer than 3 (DESIGN §4.5)."""
-        return max(3, self.seeds)
+    def seeds_for(self, method: str) -> int:
+        """The seeds `method` runs on this track by default: its own count where the track names one."""
+        return self.method_seeds.get(method, self.seeds)
+
+    def ranked_seeds(self, method: str) -> int:
+        """The seeds a board row of `method` needs to be ranked or tied: its track count, never fewer than 3."""
+        return max(3, self.seeds_for(method))
 
     @property
     def budget_seconds(self) -> float | None:
@@ -69,6 +74,9 @@ def load_track(name: str) -> Track:
         track = Track(**raw)
     except TypeError as exc:
         raise ConfigError(f"malformed track file {path}: {exc}") from None
+    low = {m: n for m, n in track.method_seeds.items() if not isinstance(n, int) or n < 3}
+    if low:
+        raise ConfigError(f"track file {path}: method_seeds below the 3 seeds a ranked row needs: {low}")
     unknown = set(track.dataset_method_overrides) - set(track.datasets)
     if unknown:
         raise ConfigError(f"track file {path}: dataset_method_overrides names datasets the track does not have: "

@@ -71,10 +71,10 @@ def expand(track: Track, methods: Sequence[str] | None = None, datasets: Sequenc
     datasets = list(datasets or track.datasets)
     for dataset in datasets:
         track.check_dataset(dataset)
-    seed_list = parse_seeds(seeds, default=track.seeds)
     specs, labels = [], []
     for dataset in datasets:
         for method in methods:
+            seed_list = parse_seeds(seeds, default=track.seeds_for(method))
             named = {**(variants or {}).get("*", {}), **(variants or {}).get(method, {})} or {"": {}}
             for variant, overrides in named.items():
                 for seed in seed_list:
