@@ -23,7 +23,7 @@ from harness.board.tables import compare_rows, leaderboard_rows, peer_rows
 from harness.errors import HarnessError
 from harness.paths import LEADERBOARDS_DIR
 from harness.registry import peer_pairs
-from harness.run.tracks import load_track
+from harness.run.spec import board_rules
 
 st.set_page_config(page_title="gr-harness leaderboard", layout="wide")
 
@@ -91,12 +91,13 @@ def cost_chart(frame: pd.DataFrame, cost: str, metric: str, title: str):
     return (points + front).properties(title=title, height=300)
 
 
-def track_seeds(track: str) -> Callable[[str], int]:
-    """The seeds a ranked row of a method needs on a track (the track's for that method, at least 3)."""
+def board_of(track: str, results: ResultSet | None = None) -> tuple[Callable[[str], int], dict[str, str]]:
+    """The seeds a ranked row of a method needs on a track (at least 3), and the rows of `results` made under older
+    pins than the track's today (shown, not ranked)."""
     try:
-        return load_track(track).ranked_seeds
+        return board_rules(track, results)[2:]
     except HarnessError:  # runs made outside any track, or a track file that is gone
-        return lambda method: 3
+        return (lambda method: 3), {}
 
 
 def flagship(results: ResultSet) -> tuple[str, str]:
@@ -106,7 +107,7 @@ def flagship(results: ResultSet) -> tuple[str, str]:
 
     def completeness(board: tuple[str, str]) -> tuple:
         subset = results.subset(lambda r: (str(r.get("track")), r["dataset"]) == board)
-        needs = track_seeds(board[0])
+        needs = board_of(board[0])[0]
         full = sum(len(records) >= needs(records[0]["method"]) for records in subset.groups().values())
         return board[0] != "None", full, len(subset.records)
     return max(boards, key=completeness)
@@ -135,8 +136,8 @@ def leaderboard_view(results: ResultSet) -> None:
                 if any(m in r["metrics"].get("test", {}) for r in subset.records)]
     metric = st.selectbox("Metric for ties and plots", [f"ndcg@{k}" for k in ks] + [f"recall@{k}" for k in ks]
                           + ranking, index=min(1, len(ks) - 1))  # AUC where the protocol has labelled exposures
-    needs = track_seeds(track)
-    rows = leaderboard_rows(subset, ks, metric, min_seeds=needs)
+    needs, held = board_of(track, subset)
+    rows = leaderboard_rows(subset, ks, metric, min_seeds=needs, held=held)
     labels = [r["method"] for r in rows]
     left, right = st.columns([3, 1])
     chosen = left.multiselect("Methods", labels, default=labels)

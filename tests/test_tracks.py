@@ -54,3 +54,25 @@ def test_costly_methods_run_and_rank_on_their_own_seed_count_and_never_under_thr
     monkeypatch.setattr(tracks, "TRACKS_DIR", tmp_path)
     with pytest.raises(ConfigError, match="below the 3 seeds"):
         load_track("t")
+
+
+def test_a_row_made_under_older_track_pins_is_shown_and_not_ranked_until_rerun():
+    from harness.board.results import ResultSet
+    from harness.board.tables import leaderboard_rows
+    from harness.run.spec import board_rules
+    track = load_track("cpu-small")
+    today = RunSpec.for_track(track, "sasrec", "ml-latest-small").method_config()
+
+    def record(run_id, seed, config, ndcg):
+        return {"run_id": run_id, "method": "sasrec", "dataset": "ml-latest-small", "seed": seed, "status": "ok",
+                "split_id": "s", "method_config": config, "method_config_hash": str(config["patience"]),
+                "config_overrides": {}, "budget": {"seconds": 60}, "metrics": {"test": {"ndcg@10": ndcg}}}
+    older = [record(f"old{s}", s, {**today, "patience": 10}, 0.3) for s in range(5)]
+    current = [record(f"new{s}", s, today, 0.1 + s / 100) for s in range(5)]
+    results = ResultSet(records=older + current)
+    primary, ks, needs, held = board_rules("cpu-small", results)
+    rows = leaderboard_rows(results, [10], primary, min_seeds=needs, held=held)
+    rows = {r["method"]: r for r in rows}  # configs that differ are rows of their own
+    assert rows["sasrec [config 10]"]["tied_with_best"] == "n/a"  # the better old row cannot be best
+    assert "older track pins: patience 10 → 30" in rows["sasrec [config 10]"]["note"]
+    assert rows["sasrec [config 30]"]["tied_with_best"] == "best" and not rows["sasrec [config 30]"]["note"]

@@ -40,19 +40,20 @@ def _ci(values: Sequence[float]) -> str:
     return f"{s['mean']:.4f} ± {s['ci_high'] - s['mean']:.4f}"
 
 
-def ranking(results: ResultSet, groups: dict[str, list[dict]], min_seeds: int | Callable[[str], int] = 3
-            ) -> tuple[set[str], dict[str, str]]:
-    """Which rows may be ranked or tied, and why each other row may not. A ranked row has the track's seeds, was
-    not ended by the clock (`budget_bound`), ran isolated (not `isolation: none`), has no disagreeing reruns, and shares one split with the others (the split most
-    rows have). `min_seeds`: one count, or per method (`Track.ranked_seeds`)."""
+def ranking(results: ResultSet, groups: dict[str, list[dict]], min_seeds: int | Callable[[str], int] = 3,
+            held: dict[str, str] | None = None) -> tuple[set[str], dict[str, str]]:
+    """Which rows may be ranked or tied, and why each other row may not. A ranked row is not `held` (by the caller:
+    rows made under older track pins, `harness.run.spec.off_pin_rows`), was not ended by the clock, ran isolated, has
+    the track's seeds (`min_seeds`: one count, or per method), no disagreeing reruns, and the split most rows have."""
     disagree = results.reruns()
     splits = [records[0].get("split_id") for records in groups.values()]
     # the split most rows have; a tie goes to the lexically first split id, the same in every process
-    main_split = max(sorted(set(splits), key=str), key=splits.count) if splits else None
-    reasons: dict[str, str] = {}
+    main_split, reasons = max(sorted(set(splits), key=str), key=splits.count) if splits else None, {}
     for name, records in groups.items():
         if any(r.get("status") == "budget_bound" for r in records):
             reasons[name] = "budget-bound: the safety cap ended training"
+        elif name in (held or {}):
+            reasons[name] = held[name]
         elif any(r.get("isolation") == "none" for r in records):
             reasons[name] = "run in the harness's own process (isolation none, a debugging mode)"
         elif len(records) < (need := min_seeds(records[0]["method"]) if callable(min_seeds) else min_seeds):
@@ -89,11 +90,12 @@ def convergence(records: Sequence[dict[str, Any]], primary: str) -> tuple[float 
 
 
 def leaderboard_rows(results: ResultSet, ks: Sequence[int], primary: str, correction: str = "holm",
-                     alpha: float = 0.05, min_seeds: int | Callable[[str], int] = 3) -> list[dict[str, Any]]:
+                     alpha: float = 0.05, min_seeds: int | Callable[[str], int] = 3,
+                     held: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per comparable configuration. `tied_with_best`: best, tied (not significantly different from the best
     after correction), different, or n/a (not ranked; `note` says why)."""
     groups = results.groups()
-    ranked, reasons = ranking(results, groups, min_seeds)
+    ranked, reasons = ranking(results, groups, min_seeds, held)
     ties = {row["label"]: row for row in compare_to_best(
         method_results(results, {k: v for k, v in groups.items() if k in ranked}, primary),
         correction=correction, alpha=alpha, n_boot=1000)}

@@ -61,15 +61,6 @@ def read_results(args: argparse.Namespace, dataset: str | None) -> ResultSet:
     return results
 
 
-def _primary(args: argparse.Namespace) -> tuple[str, list[int], Any]:
-    """The board's primary metric, cut-offs and the seeds a ranked row needs (the track's per method, at least 3)."""
-    from harness.run.tracks import load_track
-    if args.track:
-        track = load_track(args.track)
-        return track.primary_metric, list(track.ks), track.ranked_seeds
-    return "ndcg@10", [5, 10, 20, 50], 3
-
-
 def extra_sections(results, ks: Sequence[int], fmt: str) -> str:
     """What a board prints under its table: Gryphon's Table 2 per row with a beam pool, each peer beside ours."""
     from harness.board.tables import peer_sections, pool_sections
@@ -87,7 +78,8 @@ def cmd_compare(args: argparse.Namespace, argv=None) -> int:
     if not labels:
         raise HarnessError(f"no ok records for dataset {args.dataset!r}"
                            + (f" in track {args.track!r}" if args.track else "") + "; run `harness run` first")
-    metric = args.metric or _primary(args)[0]
+    from harness.run.spec import board_rules
+    metric = args.metric or board_rules(args.track)[0]
     rows = compare_rows(results, labels, metric, args.test, args.correction, args.alpha)
     print(render(rows, args.format))
     return 0
@@ -99,8 +91,9 @@ def cmd_leaderboard(args: argparse.Namespace, argv=None) -> int:
     if not results.records:
         raise HarnessError(f"no ok records for dataset {args.dataset!r}"
                            + (f" in track {args.track!r}" if args.track else "") + "; run `harness run` first")
-    primary, ks, min_seeds = _primary(args)
-    print(render(leaderboard_rows(results, ks, primary, args.correction, args.alpha, min_seeds), args.format))
+    from harness.run.spec import board_rules
+    primary, ks, min_seeds, held = board_rules(args.track, results)
+    print(render(leaderboard_rows(results, ks, primary, args.correction, args.alpha, min_seeds, held), args.format))
     if args.format in ("plain", "md"):
         extra = extra_sections(results, ks, args.format)
         if extra:
@@ -114,6 +107,7 @@ def cmd_export(args: argparse.Namespace, argv=None) -> int:
     from harness.board.store import RunStore
     from harness.board.tables import leaderboard_rows, render
     from harness.paths import LEADERBOARDS_DIR
+    from harness.run.spec import board_rules
     from harness.run.tracks import load_track
     if not args.track and not args.dataset:
         raise HarnessError("export needs --track, or --dataset for runs made outside any track")
@@ -128,9 +122,8 @@ def cmd_export(args: argparse.Namespace, argv=None) -> int:
         if not results.records:
             print(f"{dataset}: no ok records, nothing exported")
             continue
-        ks, primary, min_seeds = (track.ks, track.primary_metric, track.ranked_seeds) if track \
-            else ([5, 10, 20, 50], "ndcg@10", 3)
-        table = render(leaderboard_rows(results, ks, primary, args.correction, args.alpha, min_seeds), "md")
+        primary, ks, min_seeds, held = board_rules(args.track, results)
+        table = render(leaderboard_rows(results, ks, primary, args.correction, args.alpha, min_seeds, held), "md")
         extra = extra_sections(results, ks, "md")
         if extra:
             table += "\n\n" + extra

@@ -1,4 +1,5 @@
-"""What one run is asked to be (`RunSpec`), and the one place a track's pins are applied to it."""
+"""What one run is asked to be (`RunSpec`), and the one place a track's pins are applied to it (and compared with the
+config a record ran: a row made under older pins is not today's track)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +9,9 @@ from typing import Any, Callable, Sequence
 
 from harness import registry
 from harness.config import merge_config
+from harness.errors import HarnessError
 from harness.metrics import DEFAULT_KS
-from harness.run.tracks import Track
+from harness.run.tracks import Track, load_track
 
 
 @dataclass
@@ -65,3 +67,44 @@ class RunSpec:
         method_cls = registry.get(self.method)
         return merge_config(method_cls.default_config, {**self.track_overrides, **self.overrides}, self.method,
                             method_cls.recipes)
+
+
+def config_difference(was: dict[str, Any] | None, now: dict[str, Any] | None) -> str:
+    """`: patience 10 → 30` (what changed), or nothing where the configs are the same or not at hand."""
+    if not was or not now:
+        return ""
+    changed = [f"{k} {was.get(k, '-')} → {now.get(k, '-')}" for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+    return (": " + ", ".join(changed)) if changed else ""
+
+
+def pin_drift(record: dict[str, Any], track: Track) -> str | None:
+    """How the track runs a record's method (with the record's --set values) today, where that differs from the
+    config the record ran (`: patience 10 → 30`); "" where it is the same; None where this install cannot say (a
+    method or a --set key it does not have)."""
+    try:
+        now = RunSpec.for_track(track, record["method"], record["dataset"],
+                                overrides=dict(record.get("config_overrides") or {})).method_config()
+    except HarnessError:
+        return None
+    return config_difference(record.get("method_config"), now)
+
+
+def off_pin_rows(groups: dict[str, list[dict[str, Any]]], track: Track) -> dict[str, str]:
+    """Board rows (label → reason) whose records ran a config the track no longer pins: they stand for an older
+    track, so they are shown and not ranked until re-run."""
+    reasons = {}
+    for label, records in groups.items():
+        drift = next((d for d in (pin_drift(r, track) for r in records) if d), None)
+        if drift:
+            reasons[label] = f"made under older track pins{drift} (record → today): re-run to rank"
+    return reasons
+
+
+def board_rules(track_name: str | None, results: Any = None) -> tuple[str, list[int], Any, dict[str, str]]:
+    """A board's primary metric, cut-offs, the seeds a ranked row needs (the track's per method, at least 3), and the
+    rows of `results` held back from ranking because they ran under older track pins."""
+    if not track_name:
+        return "ndcg@10", list(DEFAULT_KS), 3, {}
+    track = load_track(track_name)
+    held = off_pin_rows(results.groups(), track) if results is not None else {}
+    return track.primary_metric, list(track.ks), track.ranked_seeds, held

@@ -23,7 +23,7 @@ from harness.errors import ConfigError, HarnessError
 from harness.paths import LEADERBOARDS_DIR
 from harness.run.record import hardware, versions
 from harness.run.referee import prepare, resolve_device, run
-from harness.run.spec import RunSpec
+from harness.run.spec import RunSpec, config_difference
 from harness.run.tracks import load_track
 
 # Absolute difference allowed on every test metric of the re-run seed. The same machine reproduces a CPU run exactly;
@@ -108,7 +108,7 @@ def compare(result: Reproduction, submitted: dict[str, Any], again: dict[str, An
                                f"{submitted['split_id'][:12]} in the {result.kind}")
     if again["method_config_hash"] != submitted["method_config_hash"]:
         result.problems.append(f"the resolved method config differs from the {result.kind}'s"
-                               + _config_difference(submitted.get("method_config"), again.get("method_config")))
+                               + config_difference(submitted.get("method_config"), again.get("method_config")))
     diffs = []
     by_cutoff = lambda n: (int(n.split("@")[1]) if "@" in n else 10**9, n)  # noqa: E731  recall@5 … mrr
     for name, value in sorted(submitted["metrics"]["test"].items(), key=lambda kv: by_cutoff(kv[0])):
@@ -126,14 +126,6 @@ def compare(result: Reproduction, submitted: dict[str, Any], again: dict[str, An
                                    f"(|diff| {diff:.6f} > {allowed:g}: {result.rule})")
     result.max_abs_diff = max(diffs) if diffs else None
     return result
-
-
-def _config_difference(was: dict[str, Any] | None, now: dict[str, Any] | None) -> str:
-    """`: patience 10 → 30` (what changed), or nothing where the configs are not at hand."""
-    if not was or not now:
-        return ""
-    changed = [f"{k} {was.get(k, '-')} → {now.get(k, '-')}" for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
-    return (": " + ", ".join(changed)) if changed else ""
 
 
 def find_published(run_id: str, leaderboards_dir: Path = LEADERBOARDS_DIR) -> tuple[dict[str, Any], Path]:
@@ -189,7 +181,7 @@ def reproduce_published(run_id: str, tolerance: float | None = None, device: str
                [submitted])
     tolerances, rule = metric_tolerances(row, same_machine(submitted, spec), tolerance)
     result = Reproduction(path, "published", submitted["dataset"], int(submitted.get("seed", 0)), tolerances, rule)
-    changed = _config_difference(submitted.get("method_config"), registered)
+    changed = config_difference(submitted.get("method_config"), registered)
     if registered is None:
         result.notes.append(f"the track can no longer run this record's --set values "
                             f"({submitted.get('config_overrides')}): it is re-run with its recorded config")
