@@ -76,3 +76,27 @@ def test_a_row_made_under_older_track_pins_is_shown_and_not_ranked_until_rerun()
     assert rows["sasrec [config 10]"]["tied_with_best"] == "n/a"  # the better old row cannot be best
     assert "older track pins: patience 10 → 30" in rows["sasrec [config 10]"]["note"]
     assert rows["sasrec [config 30]"]["tied_with_best"] == "best" and not rows["sasrec [config 30]"]["note"]
+
+
+def test_every_declared_ablation_variant_resolves_under_every_track():
+    """A variant's --set values resolve to a config the plugin accepts, and a SID variant's tokenizer takes its
+    options (rkmeans has no `epochs`, which the tracks pin for TIGER's RQ-VAE)."""
+    from harness import registry
+    from harness.engines.generative import GenerativeRetrieval
+    from harness.sid.tokenizers import make_tokenizer
+    checked = []
+    for name in ("smoke", "cpu-small", "cpu-labelled"):
+        track = load_track(name)
+        for method, cls in registry.available().items():
+            if not cls.ablations:
+                continue
+            for variant, overrides in cls.ablations["variants"].items():
+                spec = RunSpec.for_track(track, method, track.datasets[0], overrides=dict(overrides))
+                plugin = cls(spec.method_config())
+                if isinstance(plugin, GenerativeRetrieval):
+                    cfg = plugin.config
+                    make_tokenizer(cfg["tokenizer"], levels=cfg["levels"], width=cfg["width"], seed=cfg["sid_seed"],
+                                   **plugin.tokenizer_options())
+                checked.append((name, method, variant))
+    assert {("cpu-small", "tiger", "RK-Means"), ("cpu-small", "tiger", "LETTER"),
+            ("cpu-labelled", "dig", "Fixed SID")} <= set(checked)
