@@ -74,7 +74,7 @@ def test_a_row_made_under_older_track_pins_is_shown_and_not_ranked_until_rerun()
     rows = leaderboard_rows(results, [10], primary, min_seeds=needs, held=held)
     rows = {r["method"]: r for r in rows}  # configs that differ are rows of their own
     assert rows["sasrec [config 10]"]["tied_with_best"] == "n/a"  # the better old row cannot be best
-    assert "older track pins: patience 10 → 30" in rows["sasrec [config 10]"]["note"]
+    assert "no longer runs: patience 10 → 30" in rows["sasrec [config 10]"]["note"]
     assert rows["sasrec [config 30]"]["tied_with_best"] == "best" and not rows["sasrec [config 30]"]["note"]
 
 

@@ -73,7 +73,8 @@ def config_difference(was: dict[str, Any] | None, now: dict[str, Any] | None) ->
     """`: patience 10 → 30` (what changed), or nothing where the configs are the same or not at hand."""
     if not was or not now:
         return ""
-    changed = [f"{k} {was.get(k, '-')} → {now.get(k, '-')}" for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+    changed = [f"{k} {was.get(k, '-')} → {now.get(k, '-')}" for k in sorted(set(was) | set(now))
+               if was.get(k) != now.get(k)]
     return (": " + ", ".join(changed)) if changed else ""
 
 
@@ -90,13 +91,13 @@ def pin_drift(record: dict[str, Any], track: Track) -> str | None:
 
 
 def off_pin_rows(groups: dict[str, list[dict[str, Any]]], track: Track) -> dict[str, str]:
-    """Board rows (label → reason) whose records ran a config the track no longer pins: they stand for an older
-    track, so they are shown and not ranked until re-run."""
+    """Board rows (label → reason) whose records ran a config the track no longer runs (its pins or the method's
+    defaults changed since): they stand for an older track, so they are shown and not ranked until re-run."""
     reasons = {}
     for label, records in groups.items():
         drift = next((d for d in (pin_drift(r, track) for r in records) if d), None)
         if drift:
-            reasons[label] = f"made under older track pins{drift} (record → today): re-run to rank"
+            reasons[label] = f"ran a config the track no longer runs{drift} (record → today): re-run to rank"
     return reasons
 
 
