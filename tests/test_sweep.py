@@ -113,3 +113,24 @@ def test_a_sweep_file_expands_into_methods_variants_and_seeds(tmp_path):
     with pytest.raises(ConfigError, match="unknown: models"):
         load_sweep_file(path)
     assert main(["sweep"]) == 2
+
+
+def test_a_finished_seed_stands_under_a_raised_safety_cap_but_a_clock_ended_one_does_not(tmp_path):
+    from harness.run.spec import RunSpec
+    from harness.studies.seeds import finished_seeds
+
+    class Store:
+        def records(self, **_):
+            base = {"method": "sasrec", "method_config_hash": "h", "track": "t", "metrics": {"test": {}},
+                    "used": {"train_seconds": 500.0}}
+            return [{**base, "seed": 0, "status": "ok", "budget": {"seconds": 600, "max_epochs": 9}},
+                    {**base, "seed": 1, "status": "budget_bound", "budget": {"seconds": 600, "max_epochs": 9}},
+                    {**base, "seed": 2, "status": "ok", "budget": {"seconds": 600, "max_epochs": 5}}]
+
+    def seeds(cap):
+        spec = RunSpec("sasrec", "d", budget_seconds=cap, max_epochs=9, track="t")
+        return sorted(finished_seeds(Store(), spec, "split", "h"))
+    assert seeds(600) == [0, 1]
+    assert seeds(3600) == [0]  # seed 0 early-stopped: the same run under the larger cap; seed 1 must run again
+    assert seeds(400) == []  # seed 0's 500 s of training do not fit a 400 s cap
+    assert seeds(None) == [0]

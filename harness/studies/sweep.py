@@ -3,8 +3,8 @@ and executed through a joblib backend: `loky` (local processes, the default), `d
 on a laptop, a cluster, or SLURM through dask-jobqueue) or `ray` (`ray.util.joblib`). No scheduler of our own: the
 engine places the runs, the store (a shared SQLAlchemy URL for several machines) holds what finished.
 
-A run already finished in the store (an evaluated record of the same configuration, split, budget, track and seed)
-is skipped, so re-issuing a sweep does only what is missing; a run interrupted after a checkpoint continues from it
+A run already finished in the store (an evaluated record of the same configuration, split, epoch cap, track and
+seed, under a safety cap it fits in: `finished_seeds`) is skipped, so re-issuing a sweep does only what is missing; a run interrupted after a checkpoint continues from it
 (`checkpoint_every`), with the metrics of an uninterrupted run.
 
 A sweep file (YAML):
