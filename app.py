@@ -157,7 +157,8 @@ def leaderboard_view(results: ResultSet) -> None:
                    "reference and are not comparable with current runs; rerun them to put them on the board.")
     st.caption(plain(f"{len(subset.records)} runs · split {str(subset.records[0].get('split_id', ''))[:12]} · ties: "
                      f"methods not significantly below the best on {metric} (Wilcoxon over users, Holm-corrected, "
-                     f"α = 0.05); a row is ranked with the track's seeds, reproducible, and none ended by the safety cap"))
+                     f"α = 0.05); a row is ranked with the track's seeds, reproducible, run as the track runs today, "
+                     f"and none ended by the safety cap"))
     table = pd.DataFrame(rows)
     marks = {"best": "★ best", "tied": "≈ tied", "different": "", "n/a": "not ranked"}
     table.insert(0, "", [marks[r["tied_with_best"]] for r in rows])
@@ -165,7 +166,7 @@ def leaderboard_view(results: ResultSet) -> None:
     st.dataframe(table.drop(columns=["tied_with_best"]), hide_index=True, use_container_width=True,
                  column_config={"method": st.column_config.TextColumn(width="large"),
                                 "note": st.column_config.TextColumn(width="large")})
-    for peer, ours in peer_pairs(groups).items():  # another library's implementation beside ours, metric by metric
+    for peer, ours in peer_pairs({k: v for k, v in groups.items() if k not in held}).items():  # another library's implementation beside ours, metric by metric
         if peer in chosen and ours in chosen:
             st.caption(plain(f"{ours} beside its peer {peer}: test means over each row's seeds, ours / peer, and the "
                              f"paired difference over users (bootstrap CI, Wilcoxon, unadjusted)"))

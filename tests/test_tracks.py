@@ -50,32 +50,48 @@ def test_costly_methods_run_and_rank_on_their_own_seed_count_and_never_under_thr
     assert rows["tiger"]["tied_with_best"] != "n/a"
     assert rows["sasrec"]["note"] == "3 of the 5 seeds a ranked row needs"
 
-    (tmp_path / "t.yaml").write_text("name: t\ndescription: x\ndatasets: [synthetic]\nmethod_seeds: {tiger: 2}\n")
     monkeypatch.setattr(tracks, "TRACKS_DIR", tmp_path)
-    with pytest.raises(ConfigError, match="below the 3 seeds"):
-        load_track("t")
+    for seeds, error in (("{tiger: 2}", "below the 3 seeds"), ("{tigre: 3}", "does not pin: tigre"),
+                         ("[tiger]", "maps a method")):
+        (tmp_path / "t.yaml").write_text("name: t\ndescription: x\ndatasets: [synthetic]\n"
+                                         f"method_overrides: {{tiger: {{}}}}\nmethod_seeds: {seeds}\n")
+        with pytest.raises(ConfigError, match=error):
+            load_track("t")
 
 
-def test_a_row_made_under_older_track_pins_is_shown_and_not_ranked_until_rerun():
+def test_a_row_run_otherwise_than_the_track_runs_today_is_held_then_retired_by_its_rerun(tmp_path, monkeypatch):
     from harness.board.results import ResultSet
     from harness.board.tables import leaderboard_rows
-    from harness.run.spec import board_rules
-    track = load_track("cpu-small")
-    today = RunSpec.for_track(track, "sasrec", "ml-latest-small").method_config()
+    from harness.run.spec import board_rules, superseded
+    (tmp_path / "t.yaml").write_text("name: t\ndescription: x\ndatasets: [synthetic]\nmax_epochs: 50\nseeds: 3\n"
+                                     "method_overrides: {sasrec: {patience: 30}}\n")
+    monkeypatch.setattr(tracks, "TRACKS_DIR", tmp_path)
+    today = RunSpec.for_track(load_track("t"), "sasrec", "synthetic").method_config()
 
-    def record(run_id, seed, config, ndcg):
-        return {"run_id": run_id, "method": "sasrec", "dataset": "ml-latest-small", "seed": seed, "status": "ok",
-                "split_id": "s", "method_config": config, "method_config_hash": str(config["patience"]),
-                "config_overrides": {}, "budget": {"seconds": 60}, "metrics": {"test": {"ndcg@10": ndcg}}}
-    older = [record(f"old{s}", s, {**today, "patience": 10}, 0.3) for s in range(5)]
-    current = [record(f"new{s}", s, today, 0.1 + s / 100) for s in range(5)]
-    results = ResultSet(records=older + current)
-    primary, ks, needs, held = board_rules("cpu-small", results)
-    rows = leaderboard_rows(results, [10], primary, min_seeds=needs, held=held)
-    rows = {r["method"]: r for r in rows}  # configs that differ are rows of their own
-    assert rows["sasrec [config 10]"]["tied_with_best"] == "n/a"  # the better old row cannot be best
-    assert "no longer runs: patience 10 → 30" in rows["sasrec [config 10]"]["note"]
-    assert rows["sasrec [config 30]"]["tied_with_best"] == "best" and not rows["sasrec [config 30]"]["note"]
+    def record(run_id, seed, ndcg, epochs=50, **config):
+        return {"run_id": run_id, "method": "sasrec", "dataset": "synthetic", "seed": seed, "status": "ok",
+                "split_id": "s", "method_config": {**today, **config}, "budget": {"seconds": 60, "max_epochs": epochs},
+                "method_config_hash": str(sorted(config.items())) + str(epochs), "config_overrides": {},
+                "metrics": {"test": {"ndcg@10": ndcg}}}
+    older = [record(f"old{s}", s, 0.3, patience=10) for s in range(3)]
+    capped = [record(f"cap{s}", s, 0.3, epochs=20) for s in range(3)]
+    results = ResultSet(records=older + capped)
+    primary, ks, needs, held = board_rules("t", results)
+    rows = {r["method"]: r for r in leaderboard_rows(results, [10], primary, min_seeds=needs, held=held)}
+    assert {r["tied_with_best"] for r in rows.values()} == {"n/a"}  # neither is the track as it is today
+    assert any("patience 10 → 30" in r["note"] for r in rows.values())
+    assert any("(max_epochs) 20 → 50" in r["note"] for r in rows.values())
+    assert superseded(results, held) == set()  # nothing has replaced them yet: they stay on the board
+
+    current = [record(f"new{s}", s, 0.1 + s / 100) for s in range(3)]
+    results = ResultSet(records=older + capped + current)
+    primary, ks, needs, held = board_rules("t", results)
+    rows = {r["method"]: r for r in leaderboard_rows(results, [10], primary, min_seeds=needs, held=held)}
+    current_row = next(r for r in rows.values() if r["tied_with_best"] != "n/a")
+    assert current_row["tied_with_best"] == "best" and not current_row["note"]  # the better old rows cannot be best
+    retired = superseded(results, held)
+    assert retired == {r["run_id"] for r in older + capped}  # export retires them: the current row keeps its label
+    assert set(ResultSet(records=current).groups()) == {"sasrec"}
 
 
 def test_every_declared_ablation_variant_resolves_under_every_track():
@@ -85,7 +101,7 @@ def test_every_declared_ablation_variant_resolves_under_every_track():
     from harness.engines.generative import GenerativeRetrieval
     from harness.sid.tokenizers import make_tokenizer
     checked = []
-    for name in ("smoke", "cpu-small", "cpu-labelled"):
+    for name in tracks.track_names():
         track = load_track(name)
         for method, cls in registry.available().items():
             if not cls.ablations:

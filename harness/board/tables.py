@@ -13,7 +13,6 @@ from harness.errors import HarnessError
 
 FORMATS = {"md": "github", "latex": "latex", "plain": "simple"}
 
-
 # Per-user terms of a metric, for paired tests: gAUC is the mean of per-user AUC; a pooled AUC has no per-user terms
 # (its rows are then compared across seeds only).
 PER_USER_TERMS = {"gauc": "auc", "recall_gauc": "recall_auc", "auc": None, "recall_auc": None, "logloss": None}
@@ -42,26 +41,27 @@ def _ci(values: Sequence[float]) -> str:
 
 def ranking(results: ResultSet, groups: dict[str, list[dict]], min_seeds: int | Callable[[str], int] = 3,
             held: dict[str, str] | None = None) -> tuple[set[str], dict[str, str]]:
-    """Which rows may be ranked or tied, and why each other row may not. A ranked row is not `held` (by the caller:
-    rows made under older track pins, `harness.run.spec.off_pin_rows`), was not ended by the clock, ran isolated, has
-    the track's seeds (`min_seeds`: one count, or per method), no disagreeing reruns, and the split most rows have."""
-    disagree = results.reruns()
-    splits = [records[0].get("split_id") for records in groups.values()]
-    # the split most rows have; a tie goes to the lexically first split id, the same in every process
-    main_split, reasons = max(sorted(set(splits), key=str), key=splits.count) if splits else None, {}
+    """Which rows may be ranked, and why the others may not: held by the caller (`off_pin_rows`), ended by the clock,
+    not isolated, short of `min_seeds` (a count, or per method), disagreeing reruns, or off the others' split."""
+    need = min_seeds if callable(min_seeds) else (lambda method: min_seeds)
+    disagree, reasons = results.reruns(), {name: why for name, why in (held or {}).items() if name in groups}
     for name, records in groups.items():
         if any(r.get("status") == "budget_bound" for r in records):
             reasons[name] = "budget-bound: the safety cap ended training"
-        elif name in (held or {}):
-            reasons[name] = held[name]
+        elif name in reasons:  # held
+            continue
         elif any(r.get("isolation") == "none" for r in records):
             reasons[name] = "run in the harness's own process (isolation none, a debugging mode)"
-        elif len(records) < (need := min_seeds(records[0]["method"]) if callable(min_seeds) else min_seeds):
-            reasons[name] = f"{len(records)} of the {need} seeds a ranked row needs"
+        elif len(records) < need(records[0]["method"]):
+            reasons[name] = f"{len(records)} of the {need(records[0]['method'])} seeds a ranked row needs"
         elif name in disagree:
             reasons[name] = "non-reproducible: " + "; ".join(
                 f"seed {d['seed']} ran {len(d['run_ids'])} times with different metrics" for d in disagree[name])
-        elif records[0].get("split_id") != main_split:
+    # the split most of the other rows have; a tie goes to the lexically first split id, the same in every process
+    splits = [groups[name][0].get("split_id") for name in groups if name not in reasons]
+    main_split = max(sorted(set(splits), key=str), key=splits.count) if splits else None
+    for name, records in groups.items():
+        if name not in reasons and records[0].get("split_id") != main_split:
             reasons[name] = f"another split ({str(records[0].get('split_id'))[:8]}) than the board's"
     return {name for name in groups if name not in reasons}, reasons
 

@@ -61,11 +61,12 @@ def read_results(args: argparse.Namespace, dataset: str | None) -> ResultSet:
     return results
 
 
-def extra_sections(results, ks: Sequence[int], fmt: str) -> str:
-    """What a board prints under its table: Gryphon's Table 2 per row with a beam pool, each peer beside ours."""
+def extra_sections(results, ks: Sequence[int], fmt: str, held: dict[str, str] | None = None) -> str:
+    """What a board prints under its table: Gryphon's Table 2 per row with a beam pool, each peer beside ours (rows
+    `held` back from ranking are left out)."""
     from harness.board.tables import peer_sections, pool_sections
     from harness.registry import peer_pairs
-    groups = results.groups()
+    groups = {name: records for name, records in results.groups().items() if name not in (held or {})}
     parts = [pool_sections(groups, fmt), peer_sections(results, groups, peer_pairs(groups), ks, fmt)]
     return "\n\n".join(p for p in parts if p)
 
@@ -95,7 +96,7 @@ def cmd_leaderboard(args: argparse.Namespace, argv=None) -> int:
     primary, ks, min_seeds, held = board_rules(args.track, results)
     print(render(leaderboard_rows(results, ks, primary, args.correction, args.alpha, min_seeds, held), args.format))
     if args.format in ("plain", "md"):
-        extra = extra_sections(results, ks, args.format)
+        extra = extra_sections(results, ks, args.format, held)
         if extra:
             print("\n" + extra)
     return 0
@@ -107,7 +108,7 @@ def cmd_export(args: argparse.Namespace, argv=None) -> int:
     from harness.board.store import RunStore
     from harness.board.tables import leaderboard_rows, render
     from harness.paths import LEADERBOARDS_DIR
-    from harness.run.spec import board_rules
+    from harness.run.spec import board_rules, superseded
     from harness.run.tracks import load_track
     if not args.track and not args.dataset:
         raise HarnessError("export needs --track, or --dataset for runs made outside any track")
@@ -123,8 +124,14 @@ def cmd_export(args: argparse.Namespace, argv=None) -> int:
             print(f"{dataset}: no ok records, nothing exported")
             continue
         primary, ks, min_seeds, held = board_rules(args.track, results)
+        retired = superseded(results, held)
+        if retired:  # a re-run under today's pins replaced them; git history keeps them
+            results.records = [r for r in results.records if r["run_id"] not in retired]
+            print(f"{dataset}: {len(retired)} records that ran otherwise than the track runs today retired "
+                  f"(a row of the same label now runs under its pins)")
+            primary, ks, min_seeds, held = board_rules(args.track, results)
         table = render(leaderboard_rows(results, ks, primary, args.correction, args.alpha, min_seeds, held), "md")
-        extra = extra_sections(results, ks, "md")
+        extra = extra_sections(results, ks, "md", held)
         if extra:
             table += "\n\n" + extra
         stale = [r for r in results.records if is_stale(r)]

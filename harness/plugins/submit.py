@@ -34,7 +34,7 @@ from harness.paths import LEADERBOARDS_DIR
 from harness.plugins.validate import Report, validate_plugin
 from harness.run.record import environment, plugin_info
 from harness.run.referee import prepare, run
-from harness.run.spec import RunSpec
+from harness.run.spec import RunSpec, board_rules
 from harness.run.tracks import load_track
 from harness.studies.reproduce import DEFAULT_TOLERANCE, Reproduction, compare, metric_tolerances, same_machine
 from harness.studies.seeds import run_seeds
@@ -232,6 +232,6 @@ def publish(bundle: str | Path, result: Reproduction | Sequence[Reproduction],
     for record in records[dataset]:
         marked = {**record, "verified": mark} if record["seed"] in reproduced else record
         results.add(marked, bundle / "per_user" / f"{record['run_id']}.npz")
-    spec = meta["specs"][dataset]
-    table = render(leaderboard_rows(results, spec["ks"], f"ndcg@{10 if 10 in spec['ks'] else spec['ks'][0]}"), "md")
+    primary, ks, min_seeds, held = board_rules(track, results)  # the rules `harness export` writes boards by
+    table = render(leaderboard_rows(results, ks, primary, min_seeds=min_seeds, held=held), "md")
     return export_board(results, track, dataset, Path(leaderboards_dir), table)

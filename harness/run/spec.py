@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from harness import registry
+from harness.board.results import row_key, row_label
 from harness.config import merge_config
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 from harness.metrics import DEFAULT_KS
 from harness.run.tracks import Track, load_track
 
@@ -79,33 +80,52 @@ def config_difference(was: dict[str, Any] | None, now: dict[str, Any] | None) ->
 
 
 def pin_drift(record: dict[str, Any], track: Track) -> str | None:
-    """How the track runs a record's method (with the record's --set values) today, where that differs from the
-    config the record ran (`: patience 10 → 30`); "" where it is the same; None where this install cannot say (a
-    method or a --set key it does not have)."""
-    try:
-        now = RunSpec.for_track(track, record["method"], record["dataset"],
-                                overrides=dict(record.get("config_overrides") or {})).method_config()
-    except HarnessError:
+    """How the track runs a record today where that differs from how the record ran (`: patience 10 → 30`): the
+    method config (with the record's --set values), the epoch cap and the precision; "" where nothing differs; None
+    where this install cannot say (the method's plugin is not installed, or the record has no config)."""
+    if not record.get("method_config"):
         return None
-    return config_difference(record.get("method_config"), now)
+    overrides = dict(record.get("config_overrides") or {})
+    try:
+        now = RunSpec.for_track(track, record["method"], record["dataset"], overrides=overrides).method_config()
+    except ConfigError:  # a --set key the method no longer has
+        return f": --set {', '.join(sorted(overrides))} no longer valid"
+    except HarnessError:  # the plugin is not installed here
+        return None
+    budget = record.get("budget") or {}
+    was = {**record["method_config"], "(max_epochs)": budget.get("max_epochs"),
+           "(precision)": record.get("precision", "fp32")}
+    return config_difference(was, {**now, "(max_epochs)": track.max_epochs, "(precision)": track.precision})
 
 
 def off_pin_rows(groups: dict[str, list[dict[str, Any]]], track: Track) -> dict[str, str]:
-    """Board rows (label → reason) whose records ran a config the track no longer runs (its pins or the method's
-    defaults changed since): they stand for an older track, so they are shown and not ranked until re-run."""
+    """Board rows (label → reason) whose records ran otherwise than the track runs today (its pins, or the method's
+    defaults, changed since): they stand for an older track, so they are shown, not ranked, and retired by
+    `harness export` once a row of the same label runs under today's pins (`superseded`)."""
     reasons = {}
     for label, records in groups.items():
         drift = next((d for d in (pin_drift(r, track) for r in records) if d), None)
         if drift:
-            reasons[label] = f"ran a config the track no longer runs{drift} (record → today): re-run to rank"
+            reasons[label] = f"ran otherwise than the track runs today{drift} (record → today): re-run to rank"
     return reasons
 
 
-def board_rules(track_name: str | None, results: Any = None) -> tuple[str, list[int], Any, dict[str, str]]:
-    """A board's primary metric, cut-offs, the seeds a ranked row needs (the track's per method, at least 3), and the
-    rows of `results` held back from ranking because they ran under older track pins."""
+def superseded(results: Any, held: dict[str, str]) -> set[str]:
+    """Run ids of held rows beside which a row of the same label now runs under today's pins: export retires them
+    (git history keeps them), so the current row keeps the plain label that links and peer pairs use."""
+    groups = results.groups()
+    current = {row_label(records[0]) for name, records in groups.items() if name not in held}
+    retired = {(row_label(records[0]), row_key(records[0])) for name, records in groups.items()
+               if name in held and row_label(records[0]) in current}
+    return {r["run_id"] for r in results.records if (row_label(r), row_key(r)) in retired}
+
+
+def board_rules(track_name: str | None, results: Any = None
+                ) -> tuple[str, list[int], Callable[[str], int], dict[str, str]]:
+    """A board's primary metric, cut-offs, the seeds a ranked row of a method needs (the track's for it, at least
+    3), and the rows of `results` held back from ranking because they ran otherwise than the track runs today."""
     if not track_name:
-        return "ndcg@10", list(DEFAULT_KS), 3, {}
+        return "ndcg@10", list(DEFAULT_KS), (lambda method: 3), {}
     track = load_track(track_name)
     held = off_pin_rows(results.groups(), track) if results is not None else {}
     return track.primary_metric, list(track.ks), track.ranked_seeds, held

@@ -74,9 +74,15 @@ def load_track(name: str) -> Track:
         track = Track(**raw)
     except TypeError as exc:
         raise ConfigError(f"malformed track file {path}: {exc}") from None
+    if not isinstance(track.method_seeds, dict):
+        raise ConfigError(f"track file {path}: method_seeds maps a method to its seed count, e.g. {{tiger: 3}}")
     low = {m: n for m, n in track.method_seeds.items() if not isinstance(n, int) or n < 3}
     if low:
         raise ConfigError(f"track file {path}: method_seeds below the 3 seeds a ranked row needs: {low}")
+    unpinned = set(track.method_seeds) - set(track.method_overrides)
+    if unpinned:  # a typo would silently give the method the track's count
+        raise ConfigError(f"track file {path}: method_seeds names methods the track does not pin: "
+                          f"{', '.join(sorted(unpinned))}")
     unknown = set(track.dataset_method_overrides) - set(track.datasets)
     if unknown:
         raise ConfigError(f"track file {path}: dataset_method_overrides names datasets the track does not have: "

@@ -71,19 +71,17 @@ def _run_one(spec: RunSpec, store_url: str, runs_dir: str) -> dict[str, Any]:
 
 
 def finished_seeds(store: RunStore, spec: RunSpec, split_id: str, cfg_hash: str) -> dict[int, dict[str, Any]]:
-    """Seeds that already have an evaluation record for exactly this configuration, data, epoch cap and track. The
-    clock's safety cap counts as the board's rows count it (`row_key`): a run that ended by its epochs or early
-    stopping trained the same under any cap its training time fits in (training never reads the clock); a run the
-    clock ended is finished only under the same cap."""
+    """Seeds that already have an evaluation record for exactly this configuration, data, epoch cap and track. Of the
+    clock's safety cap (a stricter form of the board's `row_key`): a run that ended by its epochs or early stopping
+    trained the same under any cap its training time stays under (training never reads the clock); a run the clock
+    ended is finished only under the same cap."""
     done = {}
     for record in store.records(method=spec.method, split_id=split_id):
         if record["status"] not in EVALUATED:
             continue
         budget, cap = record.get("budget", {}), spec.budget_seconds
-        if record["status"] == "budget_bound":
-            within_cap = budget.get("seconds") == cap
-        else:
-            within_cap = cap is None or (record.get("used") or {}).get("train_seconds", float("inf")) <= cap
+        within_cap = budget.get("seconds") == cap or record["status"] != "budget_bound" and (
+            cap is None or (record.get("used") or {}).get("train_seconds", float("inf")) < cap)
         if (record.get("method_config_hash") == cfg_hash and record.get("track") == spec.track
                 and record.get("purpose", "eval") == spec.purpose and within_cap
                 and budget.get("max_epochs") == spec.max_epochs and "test" in record.get("metrics", {})):
@@ -99,7 +97,7 @@ def run_seeds(spec: RunSpec, seeds: Sequence[int], store: RunStore, n_jobs: int 
     done = {seed: record for seed, record in done.items() if seed in seeds}
     todo = [s for s in seeds if s not in done]
     if done:
-        log.warning("seeds %s already have ok records for this configuration; running %s", sorted(done), todo)
+        log.warning("seeds %s already have evaluated records for this configuration; running %s", sorted(done), todo)
     records = {s: done[s] for s in seeds if s in done}
     if todo:
         jobs = n_jobs or default_jobs(len(todo), spec.device, spec.threads)
