@@ -4,8 +4,8 @@ on a laptop, a cluster, or SLURM through dask-jobqueue) or `ray` (`ray.util.jobl
 engine places the runs, the store (a shared SQLAlchemy URL for several machines) holds what finished.
 
 A run already finished in the store (an evaluated record of the same configuration, split, epoch cap, track and
-seed, under a safety cap it fits in: `finished_seeds`) is skipped, so re-issuing a sweep does only what is missing; a run interrupted after a checkpoint continues from it
-(`checkpoint_every`), with the metrics of an uninterrupted run.
+seed, under a safety cap it fits in: `finished_seeds`) is skipped, so re-issuing a sweep does only what is missing;
+a run interrupted after a checkpoint continues from it (`checkpoint_every`), with the metrics of an uninterrupted run.
 
 A sweep file (YAML):
 
