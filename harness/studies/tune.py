@@ -75,13 +75,16 @@ def tune(spec: RunSpec, trials: int, store: RunStore, metric: str = "ndcg@10", s
         raise ConfigError(f"method {spec.method!r} declares no search space; nothing to tune")
     storage = storage or default_storage(store)
     name = name or study_name(spec, metric)
-    for attempt in range(5):  # workers starting together race to create the storage's schema: retry
+    # workers starting together race to create the storage's schema (a table created meanwhile: IntegrityError on
+    # SQLite, DuplicateTable, a ProgrammingError, on PostgreSQL): retry
+    for attempt in range(5):
         try:
             study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
                                         sampler=optuna.samplers.TPESampler(seed=sampler_seed),
                                         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
             break
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, optuna.exceptions.DuplicatedStudyError):
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError,
+                optuna.exceptions.DuplicatedStudyError):
             if attempt == 4:
                 raise
             time.sleep(0.5 * (attempt + 1))
