@@ -12,6 +12,7 @@ import importlib
 import logging
 import pkgutil
 from importlib.metadata import entry_points
+from typing import Collection
 
 import methods
 from harness.api import BUILTINS, Method, attach_yaml
@@ -62,10 +63,12 @@ def get(name: str) -> type[Method]:
     return found[name]
 
 
-def peer_pairs(groups: dict[str, list[dict]]) -> dict[str, str]:
+def peer_pairs(groups: dict[str, list[dict]], held: Collection[str] = ()) -> dict[str, str]:
     """A board's peer rows (their records carry `peer`) → the label of our row each mirrors: the record's `peer_of`
     (records made before it was recorded: the installed plugin's), paired only where that row is on the board; rows
-    the clock ended are left out on both sides."""
+    the clock ended, and rows `held` back from ranking (`harness.run.spec.off_pin_rows`), are left out on both
+    sides."""
+    groups = {label: records for label, records in groups.items() if label not in held}
     pairs = {}
     for label, records in groups.items():
         if not records[0].get("peer") or any(r.get("status") == "budget_bound" for r in records):

@@ -326,6 +326,7 @@ def test_a_peer_row_is_set_beside_its_counterpart_metric_by_metric(tmp_path):
         record["peer_of"] = "sasrec"
     assert peer_pairs(groups) == {peer: "sasrec"}
     assert peer_pairs({peer: groups[peer]}) == {}  # our row is not on this board: nothing to set it beside
+    assert peer_pairs(groups, held={"sasrec"}) == {}  # our row ran otherwise than the track runs today
     for record in groups[peer]:
         record["peer_of"] = None  # a record made before peer_of was recorded
     try:

@@ -104,7 +104,7 @@ def off_pin_rows(groups: dict[str, list[dict[str, Any]]], track: Track) -> dict[
     `harness export` once a row of the same label runs under today's pins (`superseded`)."""
     reasons = {}
     for label, records in groups.items():
-        drift = next((d for d in (pin_drift(r, track) for r in records) if d), None)
+        drift = pin_drift(records[0], track)  # a row's records share their config, epoch cap and precision
         if drift:
             reasons[label] = f"ran otherwise than the track runs today{drift} (record → today): re-run to rank"
     return reasons

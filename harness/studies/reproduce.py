@@ -19,11 +19,11 @@ from tabulate import tabulate
 
 from harness.board.results import load_results
 from harness.board.store import RunStore
-from harness.errors import ConfigError, HarnessError
+from harness.errors import HarnessError
 from harness.paths import LEADERBOARDS_DIR
 from harness.run.record import hardware, versions
 from harness.run.referee import prepare, resolve_device, run
-from harness.run.spec import RunSpec, config_difference
+from harness.run.spec import RunSpec, config_difference, pin_drift
 from harness.run.tracks import load_track
 
 # Absolute difference allowed on every test metric of the re-run seed. The same machine reproduces a CPU run exactly;
@@ -165,11 +165,7 @@ def reproduce_published(run_id: str, tolerance: float | None = None, device: str
         raise HarnessError(f"run {run_id} ended {submitted.get('status')}: only a run that ended by its epochs or "
                            f"early stopping can be held to its metrics")
     spec = published_spec(submitted)
-    try:  # what the track runs today with the same --set values
-        registered = RunSpec.for_track(load_track(spec.track), spec.method, spec.dataset,
-                                       overrides=dict(submitted.get("config_overrides") or {})).method_config()
-    except ConfigError:  # a --set key the plugin no longer has
-        registered = None
+    drift = pin_drift(submitted, load_track(spec.track))  # how the track runs it today, where that differs
     if device:
         spec.device = device
     if isolation:
@@ -181,12 +177,8 @@ def reproduce_published(run_id: str, tolerance: float | None = None, device: str
                [submitted])
     tolerances, rule = metric_tolerances(row, same_machine(submitted, spec), tolerance)
     result = Reproduction(path, "published", submitted["dataset"], int(submitted.get("seed", 0)), tolerances, rule)
-    changed = config_difference(submitted.get("method_config"), registered)
-    if registered is None:
-        result.notes.append(f"the track can no longer run this record's --set values "
-                            f"({submitted.get('config_overrides')}): it is re-run with its recorded config")
-    elif changed:
-        result.notes.append(f"the track now runs {spec.method} differently{changed} (record → today): this record "
+    if drift:
+        result.notes.append(f"the track now runs {spec.method} differently{drift} (record → today): this record "
                             f"is re-run as it was made, and stands for an older pin")
     with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
         again = run(spec, RunStore(runs_dir=tmp), prepare(spec))

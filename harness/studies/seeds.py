@@ -80,8 +80,8 @@ def finished_seeds(store: RunStore, spec: RunSpec, split_id: str, cfg_hash: str)
         if record["status"] not in EVALUATED:
             continue
         budget, cap = record.get("budget", {}), spec.budget_seconds
-        within_cap = budget.get("seconds") == cap or record["status"] != "budget_bound" and (
-            cap is None or (record.get("used") or {}).get("train_seconds", float("inf")) < cap)
+        within_cap = budget.get("seconds") == cap or (record["status"] != "budget_bound" and (
+            cap is None or (record.get("used") or {}).get("train_seconds", float("inf")) < cap))
         if (record.get("method_config_hash") == cfg_hash and record.get("track") == spec.track
                 and record.get("purpose", "eval") == spec.purpose and within_cap
                 and budget.get("max_epochs") == spec.max_epochs and "test" in record.get("metrics", {})):
