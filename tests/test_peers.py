@@ -32,7 +32,7 @@ def test_cornac_sasrec_runs_under_the_harness_protocol_and_is_marked_peer(tmp_pa
 def test_the_epoch_iterator_ends_cornacs_loop_at_early_stopping_and_keeps_the_best_state():
     """What replaces cornac's progress bar: validation every eval_every epochs, a stop once patience runs out, and
     (the shared rule's finish) a last validation of the state trained last when the loop ends between validations."""
-    from cornac_peers.sasrec import _ValidatedEpochs
+    from cornac_peers.loop import ValidatedEpochs
     cls = registry.get("cornac-sasrec")
     module = torch.nn.Linear(1, 1)
     seen = []
@@ -47,7 +47,7 @@ def test_the_epoch_iterator_ends_cornacs_loop_at_early_stopping_and_keeps_the_be
         method = cls(config)
         method.cornac = types.SimpleNamespace(model=module)
         budget = Budget(None, epochs)
-        loop = _ValidatedEpochs(method, types.SimpleNamespace(validate=validate), budget, epochs)
+        loop = ValidatedEpochs(method, types.SimpleNamespace(validate=validate), budget, epochs)
         return list(loop), loop, budget
 
     start = float(module.weight.detach())
@@ -79,5 +79,43 @@ def test_the_peer_has_sasrecs_sizes_on_every_track_that_has_both():
             a = merge_config(peer.default_config, track.pins("cornac-sasrec", dataset), "cornac-sasrec")
             b = merge_config(ours.default_config, track.pins("sasrec", dataset), "sasrec")
             assert {k: a[k] for k in same} == {k: b[v] for k, v in same.items()}, (name, dataset)
+            checked += 1
+    assert checked >= 3  # smoke, and cpu-small's two datasets
+
+
+def test_cornac_tiger_runs_under_the_harness_protocol_on_tigers_sids(tmp_path):
+    """cornac's TIGER peer: cornac's seq2seq, loop and beam search on the SID table tiger learns (the plugin checks
+    cornac numbers the collisions as the table does), the harness's epochs and validation; the same seed, the same row."""
+    spec = RunSpec.for_track(load_track("smoke"), "cornac-tiger", "synthetic", max_epochs=4, latency_users=5)
+    records = [run(spec, RunStore(runs_dir=tmp_path / str(i))) for i in range(2)]
+    record = records[0]
+    assert record["status"] == "ok", record.get("failure")
+    assert row_label(record) == "cornac-tiger (peer: cornac 3.0.1)" and record["peer_of"] == "tiger"
+    assert record["used"]["epochs"] == 4 and record["used"]["validations"] == 1  # eval_every 4
+    assert record["metrics"]["test"]["ndcg@10"] > 0.17  # it learned (pop's smoke ndcg@10 is 0.13; 4 epochs: 0.20)
+    assert records[1]["metrics"] == record["metrics"]
+
+
+def test_the_tiger_peer_has_tigers_sizes_and_sids_on_every_track_that_has_both():
+    """A peer row stands beside tiger's only if it learns the same SIDs at the same sizes: every track's pins resolve
+    to the same values under cornac's names, and to the same SID provider options."""
+    same = {"d_model": "d_model", "num_heads": "heads", "d_kv": "d_head", "d_ff": "d_ff", "num_enc_layers": "enc_layers",
+            "num_dec_layers": "dec_layers", "dropout": "dropout", "max_len": "max_history", "learning_rate": "lr",
+            "weight_decay": "weight_decay", "batch_size": "batch_size", "n_beams": "beam", "epochs": "epochs",
+            "eval_every": "eval_every", "patience": "patience", "valid_metric": "valid_metric", "embedder": "embedder",
+            "embedder_options": "embedder_options", "tokenizer": "tokenizer", "levels": "levels", "width": "width",
+            "sid_seed": "sid_seed"}
+    checked = 0
+    for name in track_names():
+        track = load_track(name)
+        if "cornac-tiger" not in track.method_overrides:
+            continue
+        for dataset in track.datasets:
+            peer = RunSpec.for_track(track, "cornac-tiger", dataset).method_config()
+            ours = RunSpec.for_track(track, "tiger", dataset).method_config()
+            assert {k: peer[k] for k in same} == {k: ours[v] for k, v in same.items()}, (name, dataset)
+            assert ours["collisions"] == "dedup-token"  # the peer asks for the same table (cornac drops its last level)
+            tiger = registry.get("tiger")(ours)
+            assert peer["tokenizer_options"] == tiger.tokenizer_options(), (name, dataset)
             checked += 1
     assert checked >= 3  # smoke, and cpu-small's two datasets

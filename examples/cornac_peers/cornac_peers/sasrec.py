@@ -9,8 +9,6 @@ progress bar is replaced by an iterator that validates between epochs and ends t
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import OrderedDict
 from unittest import mock
 
@@ -18,33 +16,7 @@ import numpy as np
 import torch
 
 from harness.api import Budget, Method, TrainView
-from harness.engines.training import Validation
-
-
-class _ValidatedEpochs:
-    """Stands in for `trange(1, n_epochs + 1)` in cornac's `SASRec.fit`: yields its epoch numbers and, after each
-    epoch, counts it on the budget and applies the harness's validation rule (`harness.engines.training.Validation`,
-    the shared loop's), ending cornac's loop at early stopping or at the budget's cap."""
-
-    def __init__(self, method: "CornacSASRec", train: TrainView, budget: Budget, epochs: int):
-        self.method, self.budget, self.epochs = method, budget, epochs
-        self.validation = Validation(method, train, method.config)  # counts epochs
-
-    def __call__(self, *args, **kwargs) -> "_ValidatedEpochs":  # trange's signature: ignored, the budget decides
-        return self
-
-    def set_postfix(self, **kwargs) -> None:
-        pass
-
-    def __iter__(self):
-        validation = self.validation
-        validation.module = self.method.cornac.model  # cornac builds its model before it starts the loop
-        for epoch in range(1, self.epochs + 1):
-            yield epoch
-            self.budget.epoch_done()
-            validation.trained += 1
-            if self.budget.exhausted() or (validation.due(epoch) and validation.validate()):
-                return
+from cornac_peers.loop import ValidatedEpochs, import_cornac
 
 
 class CornacSASRec(Method):
@@ -55,9 +27,7 @@ class CornacSASRec(Method):
     needs = ()
 
     def fit(self, train: TrainView, budget: Budget) -> None:
-        # cornac imports matplotlib, which wants a writable config folder (the sandbox's home is read-only)
-        os.environ.setdefault("MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), "matplotlib"))
-        import cornac
+        cornac = import_cornac()
         from cornac.data import SequentialDataset
         from cornac.models.sasrec import recom_sasrec
 
@@ -72,7 +42,7 @@ class CornacSASRec(Method):
             batch_size=cfg["batch_size"], loss=cfg["loss"], n_sample=cfg["n_sample"], l2_reg=cfg["l2_reg"],
             n_epochs=budget.epochs(int(cfg["epochs"])), model_selection="last", device=str(train.device),
             seed=train.seed, verbose=False)
-        epochs = _ValidatedEpochs(self, train, budget, self.cornac.n_epochs)
+        epochs = ValidatedEpochs(self, train, budget, self.cornac.n_epochs)
         with mock.patch.object(recom_sasrec, "trange", epochs):
             self.cornac.fit(data)
         epochs.validation.finish()  # the state trained last judged too; the best one kept, in eval mode
