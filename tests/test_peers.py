@@ -12,7 +12,6 @@ from harness import registry  # noqa: E402
 from harness.api import Budget  # noqa: E402
 from harness.board.results import row_label  # noqa: E402
 from harness.board.store import RunStore  # noqa: E402
-from harness.config import merge_config  # noqa: E402
 from harness.run.referee import run  # noqa: E402
 from harness.run.spec import RunSpec  # noqa: E402
 from harness.run.tracks import load_track, track_names  # noqa: E402
@@ -63,23 +62,26 @@ def test_the_epoch_iterator_ends_cornacs_loop_at_early_stopping_and_keeps_the_be
     assert len(seen) == 2  # and the state epoch 3 left
 
 
+def pinned_pairs(peer: str, ours: str):
+    """(track and dataset, the peer's config, ours) wherever a track pins the peer."""
+    for name in track_names():
+        track = load_track(name)
+        if peer in track.method_overrides:
+            for dataset in track.datasets:
+                yield ((name, dataset), RunSpec.for_track(track, peer, dataset).method_config(),
+                       RunSpec.for_track(track, ours, dataset).method_config())
+
+
 def test_the_peer_has_sasrecs_sizes_on_every_track_that_has_both():
     """A peer row stands beside sasrec's only if it trains at the same sizes: every track's pins, per dataset,
     resolve to the same values under cornac's names."""
     same = {"embedding_dim": "hidden", "num_blocks": "blocks", "num_heads": "heads", "max_len": "max_len",
             "dropout": "dropout", "learning_rate": "lr", "batch_size": "batch_size", "epochs": "epochs",
             "eval_every": "eval_every", "patience": "patience", "valid_metric": "valid_metric"}
-    peer, ours = registry.get("cornac-sasrec"), registry.get("sasrec")
     checked = 0
-    for name in track_names():
-        track = load_track(name)
-        if "cornac-sasrec" not in track.method_overrides:
-            continue
-        for dataset in track.datasets:
-            a = merge_config(peer.default_config, track.pins("cornac-sasrec", dataset), "cornac-sasrec")
-            b = merge_config(ours.default_config, track.pins("sasrec", dataset), "sasrec")
-            assert {k: a[k] for k in same} == {k: b[v] for k, v in same.items()}, (name, dataset)
-            checked += 1
+    for where, a, b in pinned_pairs("cornac-sasrec", "sasrec"):
+        assert {k: a[k] for k in same} == {k: b[v] for k, v in same.items()}, where
+        checked += 1
     assert checked >= 3  # smoke, and cpu-small's two datasets
 
 
@@ -106,16 +108,9 @@ def test_the_tiger_peer_has_tigers_sizes_and_sids_on_every_track_that_has_both()
             "embedder_options": "embedder_options", "tokenizer": "tokenizer", "levels": "levels", "width": "width",
             "sid_seed": "sid_seed"}
     checked = 0
-    for name in track_names():
-        track = load_track(name)
-        if "cornac-tiger" not in track.method_overrides:
-            continue
-        for dataset in track.datasets:
-            peer = RunSpec.for_track(track, "cornac-tiger", dataset).method_config()
-            ours = RunSpec.for_track(track, "tiger", dataset).method_config()
-            assert {k: peer[k] for k in same} == {k: ours[v] for k, v in same.items()}, (name, dataset)
-            assert ours["collisions"] == "dedup-token"  # the peer asks for the same table (cornac drops its last level)
-            tiger = registry.get("tiger")(ours)
-            assert peer["tokenizer_options"] == tiger.tokenizer_options(), (name, dataset)
-            checked += 1
+    for where, peer, ours in pinned_pairs("cornac-tiger", "tiger"):
+        assert {k: peer[k] for k in same} == {k: ours[v] for k, v in same.items()}, where
+        assert ours["collisions"] == "dedup-token"  # the peer asks for the same table (cornac drops its last level)
+        assert peer["tokenizer_options"] == registry.get("tiger")(ours).tokenizer_options(), where
+        checked += 1
     assert checked >= 3  # smoke, and cpu-small's two datasets
