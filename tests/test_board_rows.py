@@ -256,27 +256,33 @@ def test_gryphon_table_2_is_given_over_a_rows_seeds():
 
 def test_rows_say_when_their_best_validation_was_and_whether_every_seed_converged():
     """`best_epoch`: the median epoch of each seed's best validation (the first best, on the method's own validation
-    metric); `converged`: yes when every seed's best came before its last validation, else which seeds were still
-    improving when training ended; `-` for rows that were not trained over epochs."""
+    metric); `converged`: yes when early stopping ended every seed (`patience` validations after its best), else
+    which seeds were still improving when training ended, or ended (by the epoch cap) before early stopping fired;
+    `-` for rows that were not trained over epochs."""
     from harness.board.tables import best_and_last, leaderboard_rows
 
-    def trained(run_id, method, seed, curve, metric="ndcg@10"):
+    def trained(run_id, method, seed, curve, metric="ndcg@10", patience=1):
         record = _record(run_id, method, seed, 0.2)
-        record["method_config"] = {"valid_metric": metric}
+        record["method_config"] = {"valid_metric": metric, "patience": patience}
         record["curves"] = {"validation": [{"epoch": 2 * (i + 1), "ndcg@10": v, "recall@10": 1 - v}
                                            for i, v in enumerate(curve)]}
         return record
-    assert best_and_last(trained("a", "m", 0, [0.1, 0.3, 0.3, 0.2]), "ndcg@10") == (4, 8)  # the first best
-    assert best_and_last(trained("a", "m", 0, [0.1, 0.3, 0.2], "recall@10"), "ndcg@10") == (2, 6)  # its own metric
+    assert best_and_last(trained("a", "m", 0, [0.1, 0.3, 0.3, 0.2]), "ndcg@10") == (4, 8, True)  # the first best
+    assert best_and_last(trained("a", "m", 0, [0.1, 0.3, 0.2], "recall@10"), "ndcg@10") == (2, 6, True)  # own metric
+    assert best_and_last(trained("a", "m", 0, [0.1, 0.3, 0.2], patience=4), "ndcg@10") == (4, 6, False)  # the cap
     assert best_and_last(trained("a", "m", 0, [0.1]), "ndcg@10") is None
     records = [trained(f"s{s}", "sasrec", s, [0.1, 0.3, 0.2]) for s in range(3)]
     records += [trained("t0", "tiger", 0, [0.1, 0.2]), trained("t1", "tiger", 1, [0.1, 0.3, 0.2]),
                 trained("t2", "tiger", 2, [0.1, 0.2, 0.3])]
     records += [_record(f"p{s}", "pop", s, 0.1) for s in range(3)]
+    # etegrec's seeds 0 and 1 ran to their epoch cap a validation after their best (patience 4): not converged
+    records += [trained(f"e{s}", "etegrec", s, [0.1, 0.3, 0.2] if s < 2 else [0.3, 0.2, 0.2, 0.1, 0.1], patience=4)
+                for s in range(3)]
     rows = {r["method"]: r for r in leaderboard_rows(ResultSet(records=records), [10], "ndcg@10")}
     assert (rows["sasrec"]["best_epoch"], rows["sasrec"]["converged"]) == (4.0, "yes")
     assert (rows["tiger"]["best_epoch"], rows["tiger"]["converged"]) == (4.0, "no: best = last (seeds 0, 2)")
     assert (rows["pop"]["best_epoch"], rows["pop"]["converged"]) == (None, "-")
+    assert rows["etegrec"]["converged"] == "no: ended before early stopping (seeds 0, 1)"
 
 
 def test_csv_has_every_column_any_row_has():

@@ -66,27 +66,35 @@ def ranking(results: ResultSet, groups: dict[str, list[dict]], min_seeds: int | 
     return {name for name in groups if name not in reasons}, reasons
 
 
-def best_and_last(record: dict[str, Any], primary: str) -> tuple[int, int] | None:
+def best_and_last(record: dict[str, Any], primary: str) -> tuple[int, int, bool] | None:
     """The epoch of a run's best validation (the first best, as early stopping keeps it, on the method's own
-    validation metric) and of its last one; None for a run validated fewer than twice (nothing to converge)."""
+    validation metric), of its last one, and whether early stopping ended it (`patience` validations after the
+    best; a run without a `patience` counts as stopped when its best is not its last); None for a run validated
+    fewer than twice (nothing to converge)."""
     curve = [c for c in (record.get("curves") or {}).get("validation") or [] if "epoch" in c]
-    metric = (record.get("method_config") or {}).get("valid_metric", primary)
+    config = record.get("method_config") or {}
+    metric = config.get("valid_metric", primary)
     if len(curve) < 2 or any(metric not in c for c in curve):
         return None
     best = max(range(len(curve)), key=lambda i: (curve[i][metric], -i))
-    return curve[best]["epoch"], curve[-1]["epoch"]
+    after = len(curve) - 1 - best  # validations after the best: early stopping fires at `patience` of them
+    stopped = after >= int(config["patience"]) if isinstance(config.get("patience"), int) else after > 0
+    return curve[best]["epoch"], curve[-1]["epoch"], stopped
 
 
 def convergence(records: Sequence[dict[str, Any]], primary: str) -> tuple[float | None, str]:
-    """(median best-validation epoch, `yes` when every seed's best validation came before its last, else
-    `no: best = last (seeds ...)`, the seeds still improving when training ended); `-` for untrained rows."""
+    """(median best-validation epoch, `yes` when early stopping ended every seed, else `no: ...` naming the seeds
+    whose training ended first, by the epoch cap or the clock, with their best validation last or a few validations
+    before); `-` for untrained rows."""
     points = {r.get("seed", 0): best_and_last(r, primary) for r in records}
     known = {seed: p for seed, p in points.items() if p is not None}
     if not known:
         return None, "-"
-    improving = sorted(seed for seed, (best, last) in known.items() if best == last)
-    return _median([best for best, _ in known.values()]), \
-        "yes" if not improving else "no: best = last (seeds " + ", ".join(map(str, improving)) + ")"
+    improving = sorted(seed for seed, (best, last, _) in known.items() if best == last)
+    capped = sorted(seed for seed, (best, last, stopped) in known.items() if best != last and not stopped)
+    why = ([f"best = last (seeds {', '.join(map(str, improving))})"] if improving else []) + \
+        ([f"ended before early stopping (seeds {', '.join(map(str, capped))})"] if capped else [])
+    return _median([best for best, _, _ in known.values()]), "no: " + "; ".join(why) if why else "yes"
 
 
 def leaderboard_rows(results: ResultSet, ks: Sequence[int], primary: str, correction: str = "holm",
