@@ -259,7 +259,8 @@ def test_rows_say_when_their_best_validation_was_and_whether_every_seed_converge
     metric); `converged`: yes when early stopping ended every seed (`patience` validations after its best), else
     which seeds were still improving when training ended, or ended (by the epoch cap) before early stopping fired;
     `-` for rows that were not trained over epochs."""
-    from harness.board.tables import best_and_last, leaderboard_rows
+    from harness.board.results import best_and_last
+    from harness.board.tables import leaderboard_rows
 
     def trained(run_id, method, seed, curve, metric="ndcg@10", patience=1):
         record = _record(run_id, method, seed, 0.2)

@@ -292,3 +292,17 @@ def records_for(results: ResultSet, labels: Iterable[str] | None) -> dict[str, l
         matches = {k: v for k, v in groups.items() if k == name or row_label(v[0]) == name or v[0]["method"] == name}
         picked.update(matches)
     return picked
+
+
+def best_and_last(record: dict[str, Any], primary: str) -> tuple[int, int, bool] | None:
+    """Epochs of a run's best validation (the first best, on the method's own metric) and of its last, and whether
+    early stopping ended it (`patience` validations after the best; without a `patience`: any); None for a run
+    validated fewer than twice (nothing to converge)."""
+    curve = [c for c in (record.get("curves") or {}).get("validation") or [] if "epoch" in c]
+    config = record.get("method_config") or {}
+    metric = config.get("valid_metric", primary)
+    if len(curve) < 2 or any(metric not in c for c in curve):
+        return None
+    best = max(range(len(curve)), key=lambda i: (curve[i][metric], -i))
+    after = len(curve) - 1 - best  # validations after the best: EarlyStopping stops at `patience` of them
+    return curve[best]["epoch"], curve[-1]["epoch"], after >= int(config.get("patience", 1))

@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tabulate import tabulate
 
-from harness.board.results import ResultSet
+from harness.board.results import ResultSet, best_and_last
 from harness.board.stats import MethodResults, compare_to_best, paired, seed_summary
 from harness.errors import HarnessError
 
@@ -66,34 +66,16 @@ def ranking(results: ResultSet, groups: dict[str, list[dict]], min_seeds: int | 
     return {name for name in groups if name not in reasons}, reasons
 
 
-def best_and_last(record: dict[str, Any], primary: str) -> tuple[int, int, bool] | None:
-    """The epoch of a run's best validation (the first best, as early stopping keeps it, on the method's own
-    validation metric), of its last one, and whether early stopping ended it (`patience` validations after the
-    best; a run without a `patience` counts as stopped when its best is not its last); None for a run validated
-    fewer than twice (nothing to converge)."""
-    curve = [c for c in (record.get("curves") or {}).get("validation") or [] if "epoch" in c]
-    config = record.get("method_config") or {}
-    metric = config.get("valid_metric", primary)
-    if len(curve) < 2 or any(metric not in c for c in curve):
-        return None
-    best = max(range(len(curve)), key=lambda i: (curve[i][metric], -i))
-    after = len(curve) - 1 - best  # validations after the best: early stopping fires at `patience` of them
-    stopped = after >= int(config["patience"]) if isinstance(config.get("patience"), int) else after > 0
-    return curve[best]["epoch"], curve[-1]["epoch"], stopped
-
-
 def convergence(records: Sequence[dict[str, Any]], primary: str) -> tuple[float | None, str]:
-    """(median best-validation epoch, `yes` when early stopping ended every seed, else `no: ...` naming the seeds
-    whose training ended first, by the epoch cap or the clock, with their best validation last or a few validations
-    before); `-` for untrained rows."""
-    points = {r.get("seed", 0): best_and_last(r, primary) for r in records}
-    known = {seed: p for seed, p in points.items() if p is not None}
+    """(median best-validation epoch, `yes` when early stopping ended every seed, else `no: ...` naming the seeds it
+    did not: best validation last, or training ended (epoch cap, clock) before patience ran out); `-` untrained."""
+    known = {r.get("seed", 0): p for r in records if (p := best_and_last(r, primary))}
     if not known:
         return None, "-"
-    improving = sorted(seed for seed, (best, last, _) in known.items() if best == last)
-    capped = sorted(seed for seed, (best, last, stopped) in known.items() if best != last and not stopped)
-    why = ([f"best = last (seeds {', '.join(map(str, improving))})"] if improving else []) + \
-        ([f"ended before early stopping (seeds {', '.join(map(str, capped))})"] if capped else [])
+    why = [f"{what} (seeds {', '.join(map(str, seeds))})" for what, seeds in (
+        ("best = last", [s for s, (best, last, _) in sorted(known.items()) if best == last]),
+        ("ended before early stopping", [s for s, (b, last, stop) in sorted(known.items()) if b != last and not stop]))
+        if seeds]
     return _median([best for best, _, _ in known.values()]), "no: " + "; ".join(why) if why else "yes"
 
 
