@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from conftest import TINY, run_two_workers
-from harness.run import referee
+from harness.errors import ConfigError
+from harness.run import referee, tracks
+from harness.run.tracks import load_track
 from harness.api import Method
 from harness.board.store import RunStore
 from harness.run.spec import RunSpec
@@ -50,6 +52,30 @@ def test_tuning_never_touches_test_targets(tmp_path, monkeypatch):
     assert "test" in calls
     assert all(r["status"] == "ok" and r["tuning"]["trials"] == 3 for r in final)
     assert final[0]["tuning"]["params"] == study.best_params
+
+
+def test_a_tracks_search_space_is_searched_and_recorded_with_the_sampler(tmp_path):
+    space = {"lr": {"type": "float", "low": 0.0005, "high": 0.002, "log": True},
+             "dropout": {"type": "float", "low": 0.2, "high": 0.4}}
+    study = tune(smoke_spec(), trials=2, store=RunStore(runs_dir=tmp_path / "runs"), space=space, sampler_seed=7)
+    assert all(set(t.params) == set(space) for t in study.trials)  # hidden, blocks … stay the track's
+    assert all(0.0005 <= t.params["lr"] <= 0.002 and 0.2 <= t.params["dropout"] <= 0.4 for t in study.trials)
+    tuning = best_spec(study, smoke_spec(), "ndcg@10").extra["tuning"]
+    assert tuning["search_space"] == space and tuning["sampler"] == "TPE, seed 7"
+    assert tuning["trials"] == 2 and tuning["pruner"].startswith("median")
+
+
+def test_cpu_small_tunes_its_methods_with_equal_trials_at_its_pinned_sizes(tmp_path, monkeypatch):
+    track = load_track("cpu-small")
+    assert track.search_space("sasrec") and track.search_space("tiger")
+    for method in ("sasrec", "tiger"):  # what the track pins as sizes is never searched
+        sizes = {"hidden", "blocks", "d_model", "heads", "d_ff", "enc_layers", "dec_layers", "width", "levels"}
+        assert not sizes & set(track.search_space(method))
+    (tmp_path / "t.yaml").write_text("name: t\ndescription: x\ndatasets: [synthetic]\nmethod_overrides: {sasrec: {}}\n"
+                                     "tuning: {trials: 2, search_spaces: {sasrek: {lr: {type: float}}}}\n")
+    monkeypatch.setattr(tracks, "TRACKS_DIR", tmp_path)
+    with pytest.raises(ConfigError, match="sasrek"):  # a misspelt method would tune the plugin's space silently
+        load_track("t")
 
 
 def _worker(storage, runs_dir, seed):

@@ -276,9 +276,10 @@ def cmd_tune(args: argparse.Namespace, argv: Sequence[str]) -> int:
     trials = args.trials or int(track.tuning.get("trials", 20))
     if args.workers > 1 or args.backend != "loky":
         study = tune_workers(spec, trials, store, args.workers, args.backend, args.scheduler, metric, args.storage,
-                             args.study, args.sampler_seed)
+                             args.study, args.sampler_seed, track.search_space(spec.method))
     else:
-        study = tune(spec, trials, store, metric, args.storage, args.study, args.sampler_seed)
+        study = tune(spec, trials, store, metric, args.storage, args.study, args.sampler_seed,
+                     track.search_space(spec.method))
     finished = [t for t in study.trials if t.state.is_finished()]
     if not any(t.state.name == "COMPLETE" for t in study.trials):
         failures = sorted({str(t.user_attrs.get("failure") or t.state.name) for t in finished})

@@ -43,6 +43,11 @@ class Track:
         """The seeds `method` runs on this track by default: its own count where the track names one."""
         return self.method_seeds.get(method, self.seeds)
 
+    def search_space(self, method: str) -> dict[str, dict[str, Any]] | None:
+        """The space `harness tune` searches for `method` on this track (`tuning.search_spaces`), where the track
+        gives one (e.g. optimiser and regularisation at the track's pinned sizes); else None: the plugin's own."""
+        return (self.tuning.get("search_spaces") or {}).get(method)
+
     def ranked_seeds(self, method: str) -> int:
         """The seeds a board row of `method` needs to be ranked or tied: its track count, never fewer than 3."""
         return max(3, self.seeds_for(method))
@@ -83,6 +88,10 @@ def load_track(name: str) -> Track:
     if unpinned:  # a typo would silently give the method the track's count
         raise ConfigError(f"track file {path}: method_seeds names methods the track does not pin: "
                           f"{', '.join(sorted(unpinned))}")
+    spaces = track.tuning.get("search_spaces") or {}
+    if set(spaces) - set(track.method_overrides):  # a typo would silently tune the plugin's own space
+        raise ConfigError(f"track file {path}: tuning.search_spaces names methods the track does not pin: "
+                          f"{', '.join(sorted(set(spaces) - set(track.method_overrides)))}")
     unknown = set(track.dataset_method_overrides) - set(track.datasets)
     if unknown:
         raise ConfigError(f"track file {path}: dataset_method_overrides names datasets the track does not have: "

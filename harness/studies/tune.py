@@ -28,6 +28,7 @@ from harness.studies.backends import engine
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+PRUNER = {"n_startup_trials": 3, "n_warmup_steps": 2}
 
 
 def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -67,10 +68,12 @@ def study_name(spec: RunSpec, metric: str) -> str:
 
 
 def tune(spec: RunSpec, trials: int, store: RunStore, metric: str = "ndcg@10", storage: str | None = None,
-         name: str | None = None, sampler_seed: int = 0) -> optuna.Study:
-    """Run trials until the study holds `trials` finished ones (shared across workers). Returns the study."""
+         name: str | None = None, sampler_seed: int = 0, space: dict[str, dict[str, Any]] | None = None
+         ) -> optuna.Study:
+    """Run trials until the study holds `trials` finished ones (shared across workers). Returns the study.
+    `space`: the search space (a track's, e.g. at its pinned model sizes); default the plugin's."""
     method_cls = registry.get(spec.method)
-    space = method_cls.search_space
+    space = space or method_cls.search_space
     if not space:
         raise ConfigError(f"method {spec.method!r} declares no search space; nothing to tune")
     storage = storage or default_storage(store)
@@ -81,7 +84,7 @@ def tune(spec: RunSpec, trials: int, store: RunStore, metric: str = "ndcg@10", s
         try:
             study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
                                         sampler=optuna.samplers.TPESampler(seed=sampler_seed),
-                                        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+                                        pruner=optuna.pruners.MedianPruner(**PRUNER))
             break
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError,
                 optuna.exceptions.DuplicatedStudyError):
@@ -89,6 +92,11 @@ def tune(spec: RunSpec, trials: int, store: RunStore, metric: str = "ndcg@10", s
                 raise
             time.sleep(0.5 * (attempt + 1))
     if not study.trials:
+        # provenance every final record carries (best_spec): what was searched, and how
+        study.set_user_attr("search_space", space)
+        study.set_user_attr("sampler", f"TPE, seed {sampler_seed}")
+        study.set_user_attr("pruner", f"median ({PRUNER['n_startup_trials']} startup trials, "
+                                      f"{PRUNER['n_warmup_steps']} warm-up validations)")
         # The plugin's defaults (as this track configures them) are always the first trial.
         defaults = {**method_cls.default_config, **spec.track_overrides, **spec.overrides}
         study.enqueue_trial({k: defaults[k] for k in space if k in defaults and _fits(space[k], defaults[k])},
@@ -122,19 +130,20 @@ def tune(spec: RunSpec, trials: int, store: RunStore, metric: str = "ndcg@10", s
 
 
 def _tune_worker(spec: RunSpec, trials: int, store_url: str, runs_dir: str, metric: str, storage: str, name: str,
-                 sampler_seed: int) -> int:
-    tune(spec, trials, RunStore(store_url, runs_dir), metric, storage, name, sampler_seed)
+                 sampler_seed: int, space: dict[str, dict[str, Any]] | None) -> int:
+    tune(spec, trials, RunStore(store_url, runs_dir), metric, storage, name, sampler_seed, space)
     return os.getpid()
 
 
 def tune_workers(spec: RunSpec, trials: int, store: RunStore, workers: int, backend: str = "loky",
                  scheduler: str | None = None, metric: str = "ndcg@10", storage: str | None = None,
-                 name: str | None = None, sampler_seed: int = 0) -> optuna.Study:
+                 name: str | None = None, sampler_seed: int = 0,
+                 space: dict[str, dict[str, Any]] | None = None) -> optuna.Study:
     """`workers` Optuna workers on one study in its storage (an RDB: every worker reads and writes the same trials),
     each with its own sampler seed, run by the backend's engine (local processes or a dask cluster)."""
     storage = storage or default_storage(store)
     name = name or study_name(spec, metric)
-    args = [(spec, trials, store.url, str(store.runs_dir), metric, storage, name, sampler_seed + i)
+    args = [(spec, trials, store.url, str(store.runs_dir), metric, storage, name, sampler_seed + i, space)
             for i in range(workers)]
     with engine(backend, scheduler) as client:
         if client is not None:
@@ -148,6 +157,7 @@ def best_spec(study: optuna.Study, spec: RunSpec, metric: str) -> RunSpec:
     """The evaluation spec for the study's best trial, carrying the tuning provenance into every seed's record."""
     finished = [t for t in study.trials if t.state in FINISHED]
     tuning = {"study": study.study_name, "trials": len(finished), "metric": metric,
-              "best_trial": study.best_trial.number, "best_valid": study.best_value, "params": study.best_params}
+              "best_trial": study.best_trial.number, "best_valid": study.best_value, "params": study.best_params,
+              **{k: study.user_attrs[k] for k in ("search_space", "sampler", "pruner") if k in study.user_attrs}}
     return dataclasses.replace(spec, overrides={**spec.overrides, **study.best_params},
                                extra={**spec.extra, "tuning": tuning})
