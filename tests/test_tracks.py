@@ -116,3 +116,33 @@ def test_every_declared_ablation_variant_resolves_under_every_track():
                 checked.append((name, method, variant))
     assert {("cpu-small", "tiger", "RK-Means"), ("cpu-small", "tiger", "LETTER"),
             ("cpu-labelled", "dig", "Fixed SID")} <= set(checked)
+
+
+def test_a_row_that_early_stopping_did_not_end_is_shown_not_ranked_unless_the_track_ranks_such_rows(
+        tmp_path, monkeypatch):
+    from harness.board.results import ResultSet
+    from harness.board.tables import leaderboard_rows
+    from harness.run.spec import board_rules
+
+    def record(method, seed, curve, patience=2):
+        validation = [{"epoch": e, "ndcg@10": v} for e, v in enumerate(curve, 1)]
+        return {"run_id": f"{method}{seed}", "method": method, "dataset": "synthetic", "seed": seed, "status": "ok",
+                "split_id": "s", "method_config": {"patience": patience}, "config_overrides": {},
+                "method_config_hash": method, "budget": {"max_epochs": 50}, "curves": {"validation": validation},
+                "metrics": {"test": {"ndcg@10": curve[-1] + seed / 1000}}}
+    stopped = [record("sasrec", s, [0.1, 0.2, 0.19, 0.18]) for s in range(3)]  # 2 validations after the best
+    rising = [record("tiger", s, [0.1, 0.2, 0.3, 0.4]) for s in range(3)]  # best = last: the epochs ran out
+    results = ResultSet(records=stopped + rising)
+    for flag, tiger_ranked in (("false", False), ("true", True)):
+        (tmp_path / "t.yaml").write_text("name: t\ndescription: x\ndatasets: [synthetic]\nseeds: 3\n"
+                                         f"rank_unconverged: {flag}\n")
+        monkeypatch.setattr(tracks, "TRACKS_DIR", tmp_path)
+        # the records carry no full method config to hold against the plugins' pins: convergence alone decides
+        monkeypatch.setattr("harness.run.spec.off_pin_rows", lambda groups, track: {})
+        primary, ks, needs, held = board_rules("t", results)
+        rows = {r["method"]: r for r in leaderboard_rows(results, [10], primary, min_seeds=needs, held=held)}
+        assert rows["sasrec"]["converged"] == "yes" and rows["sasrec"]["tied_with_best"] != "n/a"
+        assert rows["tiger"]["converged"].startswith("no: best = last")
+        assert (rows["tiger"]["tied_with_best"] != "n/a") == tiger_ranked
+        if not tiger_ranked:
+            assert rows["tiger"]["note"].startswith("not converged (best = last (seeds 0, 1, 2))")

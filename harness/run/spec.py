@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 
 from harness import registry
 from harness.board.results import row_key, row_label
+from harness.board.tables import convergence
 from harness.config import merge_config
 from harness.errors import ConfigError, HarnessError
 from harness.metrics import DEFAULT_KS
@@ -110,6 +111,20 @@ def off_pin_rows(groups: dict[str, list[dict[str, Any]]], track: Track) -> dict[
     return reasons
 
 
+def unconverged_rows(groups: dict[str, list[dict[str, Any]]], track: Track) -> dict[str, str]:
+    """Board rows (label → reason) that early stopping did not end in every seed (their best validation was their
+    last, or the epoch cap came first): their number is what the epochs bought, not the method's, so they are
+    shown, not ranked, unless the track ranks such rows (`rank_unconverged`, e.g. smoke's few-epoch runs)."""
+    if track.rank_unconverged:
+        return {}
+    reasons = {}
+    for label, records in groups.items():
+        verdict = convergence(records, track.primary_metric)[1]
+        if verdict.startswith("no"):
+            reasons[label] = f"not converged ({verdict[4:]}): a row ranks once early stopping ends its seeds"
+    return reasons
+
+
 def superseded(results: Any, held: dict[str, str]) -> set[str]:
     """Run ids of held rows beside which a row of the same label now runs under today's pins: export retires them
     (git history keeps them), so the current row keeps the plain label that links and peer pairs use."""
@@ -123,9 +138,11 @@ def superseded(results: Any, held: dict[str, str]) -> set[str]:
 def board_rules(track_name: str | None, results: Any = None
                 ) -> tuple[str, list[int], Callable[[str], int], dict[str, str]]:
     """A board's primary metric, cut-offs, the seeds a ranked row of a method needs (the track's for it, at least
-    3), and the rows of `results` held back from ranking because they ran otherwise than the track runs today."""
+    3), and the rows of `results` held back from ranking, with why: they ran otherwise than the track runs today,
+    or did not converge."""
     if not track_name:
         return "ndcg@10", list(DEFAULT_KS), (lambda method: 3), {}
     track = load_track(track_name)
-    held = off_pin_rows(results.groups(), track) if results is not None else {}
+    held = ({**unconverged_rows(results.groups(), track), **off_pin_rows(results.groups(), track)}
+            if results is not None else {})
     return track.primary_metric, list(track.ks), track.ranked_seeds, held

@@ -34,6 +34,8 @@ class Track:
     # fewer seeds for methods whose runs are costly, never under the 3 a ranked row needs (DESIGN §4.5)
     method_seeds: dict[str, int] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
+    # rows whose seeds did not all early-stop are shown, not ranked; a demo track of few-epoch runs may rank them
+    rank_unconverged: bool = False
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     # per dataset, laid over method_overrides: {dataset: {method: {key: value}}}, e.g. a longer patience where a
     # small dataset's validation curve is noisy
