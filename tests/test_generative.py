@@ -192,3 +192,36 @@ def test_max_steps_caps_the_shared_training_loop():
         train_with_validation(method, module, train, Budget(), optimizer, lambda: range(4), loss_of,
                               {**cfg, "max_steps": max_steps})
         assert len(steps) == expected_steps and len(validated) == expected_validations, max_steps
+
+
+def test_an_ablation_variant_that_is_a_published_row_reuses_its_seeds_instead_of_training(tmp_path, monkeypatch):
+    """TIGER's RQ-VAE variant is tiger as the smoke track runs it: `harness ablate` adopts the board's published
+    seeds, with per-user arrays for the paired tests, rather than training them again; --force trains."""
+    import json
+
+    from harness.board.store import RunStore
+    from harness.config import config_hash
+    from harness.paths import LEADERBOARDS_DIR
+    from harness.run.referee import prepare
+    from harness.run.spec import RunSpec
+    from harness.run.tracks import load_track
+    from harness.studies import seeds as seeds_module
+    from harness.studies.ablations import run_ablations
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a published seed was trained again")
+    monkeypatch.setattr(seeds_module, "run", no_training)
+    spec = RunSpec.for_track(load_track("smoke"), "tiger", "synthetic")
+    wanted = config_hash(prepare(spec).config)
+    lines = (LEADERBOARDS_DIR / "smoke" / "synthetic.jsonl").read_text().splitlines()
+    published = {r["seed"]: r for r in map(json.loads, lines)
+                 if r["method"] == "tiger" and r["method_config_hash"] == wanted}
+    assert {0, 1} <= set(published), "the smoke board holds tiger's seeds 0 and 1 as the track runs it"
+    store = RunStore(runs_dir=tmp_path / "runs")
+    records = run_ablations(spec, [0, 1], store, jobs=1, only=["RQ-VAE"])["RQ-VAE"]
+    assert [r["run_id"] for r in records] == [published[0]["run_id"], published[1]["run_id"]]
+    for record in records:
+        test = store.per_user(record["run_id"])["test"]
+        assert abs(float(np.mean(test["ndcg@10"])) - published[record["seed"]]["metrics"]["test"]["ndcg@10"]) < 1e-6
+    with pytest.raises(AssertionError, match="trained again"):
+        run_ablations(spec, [2], RunStore(runs_dir=tmp_path / "other"), jobs=1, only=["RQ-VAE"], force=True)

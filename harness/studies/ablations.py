@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from harness import registry
+from harness.board.results import load_results
 from harness.board.stats import correct, paired, welch
 from harness.board.tables import PER_USER_TERMS
 from harness.errors import ConfigError
@@ -26,16 +27,43 @@ def variants_of(method_cls) -> dict[str, dict[str, Any]]:
     return dict(spec["variants"])
 
 
+def adopt_published(spec, seeds: Sequence[int], store, leaderboards_dir=None) -> list[str]:
+    """Copy the board's published records of `spec.method` on its track and dataset (seeds `seeds`) into `store`,
+    with their per-user arrays, so that a variant whose configuration is exactly a published row's (the plugin's
+    own, e.g. TIGER's RQ-VAE) reuses those seeds instead of training them again: `run_seeds` takes a stored seed only
+    for the same config hash, split, track and epoch cap. Returns the run ids adopted."""
+    if not spec.track:
+        return []
+    results = load_results(track=spec.track, dataset=spec.dataset, leaderboards_dir=leaderboards_dir)
+    adopted = []
+    for record in results.records:
+        source = results.sources[record["run_id"]]
+        if (record["method"] != spec.method or record.get("seed") not in seeds or store.get(record["run_id"])
+                or not getattr(source, "is_file", lambda: False)()):  # no per-user arrays: no paired tests
+            continue
+        per_user = {}
+        for stage in ("valid", "test"):
+            with np.load(source) as data:  # ranks and collision groups as published
+                raw = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(f"{stage}/")}
+            metrics = results.per_user(record, stage) or {}  # the per-user metrics a run stores, from its ranks
+            per_user[stage] = {**raw, **{k: np.asarray(v) for k, v in metrics.items()}}
+        store.save(record, per_user)
+        adopted.append(record["run_id"])
+    return adopted
+
+
 def run_ablations(spec, seeds: Sequence[int], store, jobs: int | None = None, force: bool = False,
                   only: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Every variant (its overrides on top of the user's) over the seeds; finished seeds are reused. Seed by seed,
-    every variant in turn, so the variants of one seed meet the same machine load (budgets are wall-clock)."""
+    """Every variant (its overrides on top of the user's) over the seeds; finished seeds are reused (the store's,
+    and the board's published ones, `adopt_published`). Seed by seed, every variant in turn."""
     variants = variants_of(registry.get(spec.method))
     unknown = set(only or []) - set(variants)
     if unknown:
         raise ConfigError(f"unknown variant(s) {sorted(unknown)}; {spec.method} has {', '.join(variants)}")
     chosen = {name: overrides for name, overrides in variants.items() if not only or name in only}
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
+    if not force:
+        adopt_published(spec, seeds, store)
     for seed in seeds:
         for name, overrides in chosen.items():
             variant = dataclasses.replace(spec, overrides={**spec.overrides, **overrides})
