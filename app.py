@@ -23,7 +23,7 @@ from harness.board.tables import compare_rows, leaderboard_rows, peer_rows
 from harness.errors import HarnessError
 from harness.paths import LEADERBOARDS_DIR
 from harness.registry import peer_pairs
-from harness.run.spec import board_rules
+from harness.run.spec import board_rules, held_for_pins
 
 st.set_page_config(page_title="gr-harness leaderboard", layout="wide")
 
@@ -92,8 +92,8 @@ def cost_chart(frame: pd.DataFrame, cost: str, metric: str, title: str):
 
 
 def board_of(track: str, results: ResultSet | None = None) -> tuple[Callable[[str], int], dict[str, str]]:
-    """The seeds a ranked row of a method needs on a track (at least 3), and the rows of `results` made under older
-    pins than the track's today (shown, not ranked)."""
+    """The seeds a ranked row of a method needs on a track (at least 3), and the rows of `results` shown, not
+    ranked: made under older pins than the track's today, or not converged."""
     try:
         return board_rules(track, results)[2:]
     except HarnessError:  # runs made outside any track, or a track file that is gone
@@ -158,7 +158,7 @@ def leaderboard_view(results: ResultSet) -> None:
     st.caption(plain(f"{len(subset.records)} runs · split {str(subset.records[0].get('split_id', ''))[:12]} · ties: "
                      f"methods not significantly below the best on {metric} (Wilcoxon over users, Holm-corrected, "
                      f"α = 0.05); a row is ranked with the track's seeds, reproducible, run as the track runs today, "
-                     f"and none ended by the safety cap"))
+                     f"early stopping having ended every seed, and none ended by the safety cap"))
     table = pd.DataFrame(rows)
     marks = {"best": "★ best", "tied": "≈ tied", "different": "", "n/a": "not ranked"}
     table.insert(0, "", [marks[r["tied_with_best"]] for r in rows])
@@ -166,7 +166,7 @@ def leaderboard_view(results: ResultSet) -> None:
     st.dataframe(table.drop(columns=["tied_with_best"]), hide_index=True, use_container_width=True,
                  column_config={"method": st.column_config.TextColumn(width="large"),
                                 "note": st.column_config.TextColumn(width="large")})
-    for peer, ours in peer_pairs(groups, held).items():  # another library's implementation beside ours, metric by metric
+    for peer, ours in peer_pairs(groups, held_for_pins(held)).items():  # another library's implementation beside ours, metric by metric
         if peer in chosen and ours in chosen:
             st.caption(plain(f"{ours} beside its peer {peer}: test means over each row's seeds, ours / peer, and the "
                              f"paired difference over users (bootstrap CI, Wilcoxon, unadjusted)"))

@@ -66,8 +66,8 @@ def get(name: str) -> type[Method]:
 def peer_pairs(groups: dict[str, list[dict]], held: Collection[str] = ()) -> dict[str, str]:
     """A board's peer rows (their records carry `peer`) → the label of our row each mirrors: the record's `peer_of`
     (records made before it was recorded: the installed plugin's), paired only where that row is on the board; rows
-    the clock ended, and rows `held` back from ranking (`harness.run.spec.off_pin_rows`), are left out on both
-    sides."""
+    the clock ended, and rows `held` (`harness.run.spec.held_for_pins`: made under older pins), are left out on
+    both sides."""
     groups = {label: records for label, records in groups.items() if label not in held}
     pairs = {}
     for label, records in groups.items():

@@ -133,7 +133,7 @@ def test_a_row_that_early_stopping_did_not_end_is_shown_not_ranked_unless_the_tr
     stopped = [record("sasrec", s, [0.1, 0.2, 0.19, 0.18]) for s in range(3)]  # 2 validations after the best
     rising = [record("tiger", s, [0.1, 0.2, 0.3, 0.4]) for s in range(3)]  # best = last: the epochs ran out
     results = ResultSet(records=stopped + rising)
-    for flag, tiger_ranked in (("false", False), ("true", True)):
+    for flag, tiger_ranked in (("true", True), ("false", False)):
         (tmp_path / "t.yaml").write_text("name: t\ndescription: x\ndatasets: [synthetic]\nseeds: 3\n"
                                          f"rank_unconverged: {flag}\n")
         monkeypatch.setattr(tracks, "TRACKS_DIR", tmp_path)
@@ -146,3 +146,9 @@ def test_a_row_that_early_stopping_did_not_end_is_shown_not_ranked_unless_the_tr
         assert (rows["tiger"]["tied_with_best"] != "n/a") == tiger_ranked
         if not tiger_ranked:
             assert rows["tiger"]["note"].startswith("not converged (best = last (seeds 0, 1, 2))")
+            from harness.run.spec import held_for_pins
+            assert "tiger" in held and "tiger" not in held_for_pins(held)  # a peer table or Table 2 still shows it
+    results = ResultSet(records=stopped + rising[:2])  # short of seeds as well: the note says both
+    rows = {r["method"]: r for r in leaderboard_rows(results, [10], primary, min_seeds=needs,
+                                                     held=board_rules("t", results)[3])}
+    assert rows["tiger"]["note"].endswith("; 2 of the 3 seeds")

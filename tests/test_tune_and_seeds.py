@@ -57,20 +57,34 @@ def test_tuning_never_touches_test_targets(tmp_path, monkeypatch):
 def test_a_tracks_search_space_is_searched_and_recorded_with_the_sampler(tmp_path):
     space = {"lr": {"type": "float", "low": 0.0005, "high": 0.002, "log": True},
              "dropout": {"type": "float", "low": 0.2, "high": 0.4}}
-    study = tune(smoke_spec(), trials=2, store=RunStore(runs_dir=tmp_path / "runs"), space=space, sampler_seed=7)
+    store = RunStore(runs_dir=tmp_path / "runs")
+    study = tune(smoke_spec(), trials=2, store=store, space=space, sampler_seed=7)
     assert all(set(t.params) == set(space) for t in study.trials)  # hidden, blocks … stay the track's
     assert all(0.0005 <= t.params["lr"] <= 0.002 and 0.2 <= t.params["dropout"] <= 0.4 for t in study.trials)
     tuning = best_spec(study, smoke_spec(), "ndcg@10").extra["tuning"]
     assert tuning["search_space"] == space and tuning["sampler"] == "TPE, seed 7"
     assert tuning["trials"] == 2 and tuning["pruner"].startswith("median")
+    # the default study name carries the space: another space starts its own study, never mixing the two
+    other = tune(smoke_spec(), trials=1, store=store, space={"lr": space["lr"]})
+    assert other.study_name != study.study_name and set(other.trials[0].params) == {"lr"}
+    with pytest.raises(ConfigError, match="another space"):  # a study named by hand is held to its space
+        tune(smoke_spec(), trials=3, store=store, space={"lr": space["lr"]}, name=study.study_name)
 
 
-def test_cpu_small_tunes_its_methods_with_equal_trials_at_its_pinned_sizes(tmp_path, monkeypatch):
-    track = load_track("cpu-small")
-    assert track.search_space("sasrec") and track.search_space("tiger")
-    for method in ("sasrec", "tiger"):  # what the track pins as sizes is never searched
-        sizes = {"hidden", "blocks", "d_model", "heads", "d_ff", "enc_layers", "dec_layers", "width", "levels"}
-        assert not sizes & set(track.search_space(method))
+def test_track_search_spaces_are_valid_leave_the_pinned_sizes_alone_and_refuse_typos(tmp_path, monkeypatch):
+    from harness import registry
+    from harness.plugins.checks import _search_entry_problem
+    from harness.run.tracks import track_names
+    sizes = {"hidden", "blocks", "d_model", "heads", "d_ff", "enc_layers", "dec_layers", "width", "levels"}
+    for name in track_names():
+        track = load_track(name)
+        for method in (track.tuning.get("search_spaces") or {}):
+            config = registry.get(method).default_config
+            space = track.search_space(method)
+            assert not [p for key, entry in space.items() if (p := _search_entry_problem(key, entry, config))]
+            assert not sizes & set(space), f"{name} searches {method}'s sizes, which it pins"
+    small = load_track("cpu-small")
+    assert small.search_space("sasrec") and small.search_space("tiger")  # the two tuned rows, equal trials
     (tmp_path / "t.yaml").write_text("name: t\ndescription: x\ndatasets: [synthetic]\nmethod_overrides: {sasrec: {}}\n"
                                      "tuning: {trials: 2, search_spaces: {sasrek: {lr: {type: float}}}}\n")
     monkeypatch.setattr(tracks, "TRACKS_DIR", tmp_path)

@@ -41,14 +41,17 @@ def _ci(values: Sequence[float]) -> str:
 
 def ranking(results: ResultSet, groups: dict[str, list[dict]], min_seeds: int | Callable[[str], int] = 3,
             held: dict[str, str] | None = None) -> tuple[set[str], dict[str, str]]:
-    """Which rows may be ranked, and why the others may not: held by the caller (`off_pin_rows`), ended by the clock,
-    not isolated, short of `min_seeds` (a count, or per method), disagreeing reruns, or off the others' split."""
+    """Which rows may be ranked, and why the others may not: held by the caller (`board_rules`: run under older
+    pins, or not converged), ended by the clock, not isolated, short of `min_seeds` (a count, or per method),
+    disagreeing reruns, or off the others' split."""
     need = min_seeds if callable(min_seeds) else (lambda method: min_seeds)
     disagree, reasons = results.reruns(), {name: why for name, why in (held or {}).items() if name in groups}
     for name, records in groups.items():
         if any(r.get("status") == "budget_bound" for r in records):
             reasons[name] = "budget-bound: the safety cap ended training"
-        elif name in reasons:  # held
+        elif name in reasons:  # held; a short row says that too
+            if len(records) < need(records[0]["method"]):
+                reasons[name] = f"{reasons[name]}; {len(records)} of the {need(records[0]['method'])} seeds"
             continue
         elif any(r.get("isolation") == "none" for r in records):
             reasons[name] = "run in the harness's own process (isolation none, a debugging mode)"

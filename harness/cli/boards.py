@@ -63,10 +63,12 @@ def read_results(args: argparse.Namespace, dataset: str | None) -> ResultSet:
 
 def extra_sections(results, ks: Sequence[int], fmt: str, held: dict[str, str] | None = None) -> str:
     """What a board prints under its table: Gryphon's Table 2 per row with a beam pool, each peer beside ours (rows
-    `held` back from ranking are left out)."""
+    `held` back for older pins are left out; unconverged ones are shown)."""
     from harness.board.tables import peer_sections, pool_sections
     from harness.registry import peer_pairs
-    groups = {name: records for name, records in results.groups().items() if name not in (held or {})}
+    from harness.run.spec import held_for_pins
+    groups = {name: records for name, records in results.groups().items()
+              if name not in held_for_pins(held or {})}
     parts = [pool_sections(groups, fmt), peer_sections(results, groups, peer_pairs(groups), ks, fmt)]
     return "\n\n".join(p for p in parts if p)
 

@@ -9,7 +9,6 @@ from typing import Any, Callable, Sequence
 
 from harness import registry
 from harness.board.results import row_key, row_label
-from harness.board.tables import convergence
 from harness.config import merge_config
 from harness.errors import ConfigError, HarnessError
 from harness.metrics import DEFAULT_KS
@@ -111,17 +110,28 @@ def off_pin_rows(groups: dict[str, list[dict[str, Any]]], track: Track) -> dict[
     return reasons
 
 
+class Unconverged(str):
+    """Why a row is held back that keeps it from ranking only: the sections under a board (a peer beside ours,
+    Gryphon's Table 2) still show it, as they do not rows made under older pins (`held_for_pins`)."""
+
+
+def held_for_pins(held: dict[str, str]) -> dict[str, str]:
+    return {label: why for label, why in held.items() if not isinstance(why, Unconverged)}
+
+
 def unconverged_rows(groups: dict[str, list[dict[str, Any]]], track: Track) -> dict[str, str]:
     """Board rows (label → reason) that early stopping did not end in every seed (their best validation was their
     last, or the epoch cap came first): their number is what the epochs bought, not the method's, so they are
     shown, not ranked, unless the track ranks such rows (`rank_unconverged`, e.g. smoke's few-epoch runs)."""
+    from harness.board.tables import convergence  # the board's statistics stack, only where a board is drawn
     if track.rank_unconverged:
         return {}
     reasons = {}
     for label, records in groups.items():
         verdict = convergence(records, track.primary_metric)[1]
         if verdict.startswith("no"):
-            reasons[label] = f"not converged ({verdict[4:]}): a row ranks once early stopping ends its seeds"
+            reasons[label] = Unconverged(f"not converged ({verdict[4:]}): a row ranks once early stopping ends "
+                                         f"its seeds")
     return reasons
 
 

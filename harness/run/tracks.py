@@ -90,6 +90,9 @@ def load_track(name: str) -> Track:
     if unpinned:  # a typo would silently give the method the track's count
         raise ConfigError(f"track file {path}: method_seeds names methods the track does not pin: "
                           f"{', '.join(sorted(unpinned))}")
+    track.tuning = track.tuning or {}  # `tuning:` left empty
+    if not isinstance(track.rank_unconverged, bool):
+        raise ConfigError(f"track file {path}: rank_unconverged is true or false, not {track.rank_unconverged!r}")
     spaces = track.tuning.get("search_spaces") or {}
     if set(spaces) - set(track.method_overrides):  # a typo would silently tune the plugin's own space
         raise ConfigError(f"track file {path}: tuning.search_spaces names methods the track does not pin: "

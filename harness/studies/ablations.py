@@ -8,7 +8,7 @@ test.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import numpy as np
 
@@ -16,7 +16,9 @@ from harness import registry
 from harness.board.results import load_results
 from harness.board.stats import correct, paired, welch
 from harness.board.tables import PER_USER_TERMS
+from harness.config import config_hash
 from harness.errors import ConfigError
+from harness.run.referee import prepare
 from harness.studies.seeds import run_seeds
 
 
@@ -27,26 +29,29 @@ def variants_of(method_cls) -> dict[str, dict[str, Any]]:
     return dict(spec["variants"])
 
 
-def adopt_published(spec, seeds: Sequence[int], store, leaderboards_dir=None) -> list[str]:
-    """Copy the board's published records of `spec.method` on its track and dataset (seeds `seeds`) into `store`,
-    with their per-user arrays, so that a variant whose configuration is exactly a published row's (the plugin's
-    own, e.g. TIGER's RQ-VAE) reuses those seeds instead of training them again: `run_seeds` takes a stored seed only
-    for the same config hash, split, track and epoch cap. Returns the run ids adopted."""
+def adopt_published(spec, seeds: Sequence[int], store, config_hashes: Collection[str],
+                    leaderboards_dir=None) -> list[str]:
+    """Copy the board's published records of `spec.method` on its track and dataset (seeds `seeds`, resolved configs
+    `config_hashes`) into `store`, with their per-user arrays, so that a variant whose configuration is exactly a
+    published row's (the plugin's own, e.g. TIGER's RQ-VAE) reuses those seeds instead of training them again
+    (`run_seeds` then takes them: same config, split, track and epoch cap). Returns the run ids adopted."""
     if not spec.track:
         return []
     results = load_results(track=spec.track, dataset=spec.dataset, leaderboards_dir=leaderboards_dir)
     adopted = []
     for record in results.records:
         source = results.sources[record["run_id"]]
-        if (record["method"] != spec.method or record.get("seed") not in seeds or store.get(record["run_id"])
+        if (record["method"] != spec.method or record.get("seed") not in seeds
+                or record.get("method_config_hash") not in config_hashes or store.get(record["run_id"])
                 or not getattr(source, "is_file", lambda: False)()):  # no per-user arrays: no paired tests
             continue
+        with np.load(source) as data:  # ranks and collision groups as published
+            raw = {key: data[key] for key in data.files}
         per_user = {}
         for stage in ("valid", "test"):
-            with np.load(source) as data:  # ranks and collision groups as published
-                raw = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(f"{stage}/")}
             metrics = results.per_user(record, stage) or {}  # the per-user metrics a run stores, from its ranks
-            per_user[stage] = {**raw, **{k: np.asarray(v) for k, v in metrics.items()}}
+            per_user[stage] = {**{k.split("/", 1)[1]: v for k, v in raw.items() if k.startswith(f"{stage}/")},
+                               **{k: np.asarray(v) for k, v in metrics.items()}}
         store.save(record, per_user)
         adopted.append(record["run_id"])
     return adopted
@@ -63,7 +68,8 @@ def run_ablations(spec, seeds: Sequence[int], store, jobs: int | None = None, fo
     chosen = {name: overrides for name, overrides in variants.items() if not only or name in only}
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
     if not force:
-        adopt_published(spec, seeds, store)
+        adopt_published(spec, seeds, store, {config_hash(prepare(dataclasses.replace(
+            spec, overrides={**spec.overrides, **overrides})).config) for overrides in chosen.values()})
     for seed in seeds:
         for name, overrides in chosen.items():
             variant = dataclasses.replace(spec, overrides={**spec.overrides, **overrides})

@@ -8,6 +8,8 @@ Optuna RDB URL (e.g. PostgreSQL).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import time
@@ -63,8 +65,11 @@ def default_storage(store: RunStore) -> str:
     return f"sqlite:///{store.runs_dir / 'optuna.db'}"
 
 
-def study_name(spec: RunSpec, metric: str) -> str:
-    return f"{spec.method}--{spec.dataset}--{spec.track or 'notrack'}--{metric}"
+def study_name(spec: RunSpec, metric: str, space: dict[str, dict[str, Any]] | None = None) -> str:
+    """method--dataset--track--metric, then a digest of the search space: a study never mixes trials of two spaces."""
+    space = space or registry.get(spec.method).search_space
+    digest = hashlib.sha256(json.dumps(space, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{spec.method}--{spec.dataset}--{spec.track or 'notrack'}--{metric}--{digest}"
 
 
 def tune(spec: RunSpec, trials: int, store: RunStore, metric: str = "ndcg@10", storage: str | None = None,
@@ -77,7 +82,7 @@ def tune(spec: RunSpec, trials: int, store: RunStore, metric: str = "ndcg@10", s
     if not space:
         raise ConfigError(f"method {spec.method!r} declares no search space; nothing to tune")
     storage = storage or default_storage(store)
-    name = name or study_name(spec, metric)
+    name = name or study_name(spec, metric, space)
     # workers starting together race to create the storage's schema (a table created meanwhile: IntegrityError on
     # SQLite, DuplicateTable, a ProgrammingError, on PostgreSQL): retry
     for attempt in range(5):
@@ -91,6 +96,9 @@ def tune(spec: RunSpec, trials: int, store: RunStore, metric: str = "ndcg@10", s
             if attempt == 4:
                 raise
             time.sleep(0.5 * (attempt + 1))
+    if study.trials and study.user_attrs.get("search_space") != space:
+        raise ConfigError(f"study {name!r} in {storage} searched another space than {spec.method}'s here "
+                          f"({study.user_attrs.get('search_space')}): name a new study (--study)")
     if not study.trials:
         # provenance every final record carries (best_spec): what was searched, and how
         study.set_user_attr("search_space", space)
@@ -142,7 +150,7 @@ def tune_workers(spec: RunSpec, trials: int, store: RunStore, workers: int, back
     """`workers` Optuna workers on one study in its storage (an RDB: every worker reads and writes the same trials),
     each with its own sampler seed, run by the backend's engine (local processes or a dask cluster)."""
     storage = storage or default_storage(store)
-    name = name or study_name(spec, metric)
+    name = name or study_name(spec, metric, space)
     args = [(spec, trials, store.url, str(store.runs_dir), metric, storage, name, sampler_seed + i, space)
             for i in range(workers)]
     with engine(backend, scheduler) as client:
@@ -150,7 +158,10 @@ def tune_workers(spec: RunSpec, trials: int, store: RunStore, workers: int, back
             client.gather([client.submit(_tune_worker, *a, pure=False) for a in args])
         else:
             Parallel(n_jobs=workers)(delayed(_tune_worker)(*a) for a in args)
-    return optuna.load_study(study_name=name, storage=storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    if workers > 1:  # each worker sampled with its own seed
+        study.set_user_attr("sampler", f"TPE, seeds {sampler_seed}-{sampler_seed + workers - 1} (one per worker)")
+    return study
 
 
 def best_spec(study: optuna.Study, spec: RunSpec, metric: str) -> RunSpec:
