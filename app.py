@@ -166,7 +166,8 @@ def leaderboard_view(results: ResultSet) -> None:
     st.dataframe(table.drop(columns=["tied_with_best"]), hide_index=True, use_container_width=True,
                  column_config={"method": st.column_config.TextColumn(width="large"),
                                 "note": st.column_config.TextColumn(width="large")})
-    for peer, ours in peer_pairs(groups, held_for_pins(held)).items():  # another library's implementation beside ours, metric by metric
+    # another library's implementation beside ours, metric by metric (unconverged rows too)
+    for peer, ours in peer_pairs(groups, held_for_pins(held)).items():
         if peer in chosen and ours in chosen:
             st.caption(plain(f"{ours} beside its peer {peer}: test means over each row's seeds, ours / peer, and the "
                              f"paired difference over users (bootstrap CI, Wilcoxon, unadjusted)"))

@@ -110,7 +110,7 @@ def cmd_export(args: argparse.Namespace, argv=None) -> int:
     from harness.board.store import RunStore
     from harness.board.tables import leaderboard_rows, render
     from harness.paths import LEADERBOARDS_DIR
-    from harness.run.spec import board_rules, off_pin_rows, superseded
+    from harness.run.spec import board_rules, held_for_pins, superseded
     from harness.run.tracks import load_track
     if not args.track and not args.dataset:
         raise HarnessError("export needs --track, or --dataset for runs made outside any track")
@@ -126,7 +126,7 @@ def cmd_export(args: argparse.Namespace, argv=None) -> int:
             print(f"{dataset}: no ok records, nothing exported")
             continue
         primary, ks, min_seeds, held = board_rules(args.track, results)
-        retired = superseded(results, off_pin_rows(results.groups(), track)) if track else set()
+        retired = superseded(results, held_for_pins(held))
         if retired:  # a re-run under today's pins replaced them; git history keeps them
             results.records = [r for r in results.records if r["run_id"] not in retired]
             print(f"{dataset}: {len(retired)} records that ran otherwise than the track runs today retired "
