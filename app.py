@@ -175,6 +175,9 @@ def leaderboard_view(results: ResultSet) -> None:
     if any(r["verified"] for r in rows):
         st.caption("✓ reproduced: a submission bundle whose seed was re-run by `harness reproduce` on the "
                    "publisher's machine with every test metric within the bundle's tolerance")
+    if any(r["reproduced"] for r in rows):
+        st.caption("reproduced: published seeds re-run from their records by `harness reproduce RUN_ID --publish`; "
+                   "exact = every test metric identical to the published one, NO = not reproduced")
     numbers = numeric_rows(subset, metric)
     numbers = numbers[numbers["method"].isin([r["method"] for r in rows])]
     left, right = st.columns(2)

@@ -46,3 +46,34 @@ def test_an_edited_published_number_is_caught_and_named(tmp_path, capsys):
     board.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert main(["reproduce", POP_SEED_0, "--leaderboards", str(tmp_path)]) == 2
     assert "ended budget_bound" in capsys.readouterr().err
+
+
+def test_a_published_reproduction_is_logged_and_shown_on_the_board(tmp_path, capsys):
+    """`--publish` with a run id logs the re-run beside the board, reproduced or not, and the board's `reproduced`
+    column names the seeds: a user sees which numbers someone has re-made, and which did not come out."""
+    from harness.board.results import load_results
+    from harness.board.tables import leaderboard_rows
+
+    board = tmp_path / "smoke" / "synthetic.jsonl"
+    board.parent.mkdir()
+    records = [json.loads(line) for line in SMOKE_BOARD.read_text().splitlines() if '"method": "pop"' in line]
+    board.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["reproduce", POP_SEED_0, "--publish", "--leaderboards", str(tmp_path)]) == 0
+    assert "logged beside the board" in capsys.readouterr().out
+    ledger = tmp_path / "smoke" / "reproduced" / "synthetic.jsonl"
+    entry = json.loads(ledger.read_text())
+    assert entry["run_id"] == POP_SEED_0 and entry["passed"] and entry["max_abs_diff"] == 0
+    assert entry["hardware"]["cpu_count"] and entry["git_sha"] is not None and entry["rerun_id"] != POP_SEED_0
+
+    def pop_row():
+        results = load_results(track="smoke", dataset="synthetic", leaderboards_dir=tmp_path)
+        assert not results.broken and len(results.records) == len(records)  # the ledger is no dataset's board
+        return next(r for r in leaderboard_rows(results, [10], "ndcg@10") if r["method"] == "pop")
+
+    assert pop_row()["reproduced"] == "s0 exact"
+    for record in records:  # an edited number: its re-run is logged as not reproduced, and shown so
+        if record["run_id"] == POP_SEED_0:
+            record["metrics"]["test"]["ndcg@10"] += 0.01
+    board.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["reproduce", POP_SEED_0, "--publish", "--leaderboards", str(tmp_path)]) == 1
+    assert pop_row()["reproduced"] == "s0 NO; s0 exact"

@@ -12,7 +12,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +48,8 @@ class ResultSet:
     # where each run's per-user arrays are: the RunStore it came from, or a published `per_user/<run_id>.npz`
     sources: dict[str, Any] = field(default_factory=dict, repr=False)
     root: Path = LEADERBOARDS_DIR.parent  # what a verified mark's bundle path is relative to
+    # published run id → its re-runs by `harness reproduce RUN_ID --publish` (<track>/reproduced/<dataset>.jsonl)
+    reproductions: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
     _digests: dict[Path, str] = field(default_factory=dict, repr=False)  # a bundle is hashed once per read
 
     def _digest(self, bundle: Path) -> str:
@@ -75,13 +77,21 @@ class ResultSet:
                 for run_id in entry["run_ids"]}
         return record["run_id"] in runs and record.get("seed") in (mark.get("reproduced_seeds") or [])
 
+    def reproduced(self, records: Sequence[dict[str, Any]]) -> str:
+        """A row's re-run seeds: `s2 exact`, `s0 within 0.0012` (other hardware, within the tolerance), `s1 NO`."""
+        marks = [f"s{r.get('seed', 0)} " + ("NO" if not e.get("passed") else "exact" if e.get("max_abs_diff") == 0
+                                            else f"within {e.get('max_abs_diff') or 0:.4f}")
+                 for r in records for e in self.reproductions.get(r["run_id"], [])]
+        return "; ".join(sorted(dict.fromkeys(marks)))
+
     def add(self, record: dict[str, Any], source: Any) -> None:
         self.records.append(record)
         self.sources[record["run_id"]] = source
 
     def subset(self, keep) -> "ResultSet":
         """The records for which `keep(record)` holds, with their per-user sources."""
-        return ResultSet(records=[r for r in self.records if keep(r)], sources=self.sources, root=self.root)
+        return ResultSet(records=[r for r in self.records if keep(r)], sources=self.sources, root=self.root,
+                         reproductions=self.reproductions)
 
     def per_user(self, record: dict[str, Any], stage: str = "test") -> dict[str, np.ndarray] | None:
         """Per-user metric arrays for a run, recomputed from its stored ranks (any cut-off works)."""
@@ -215,6 +225,13 @@ def load_results(track: str | None = None, dataset: str | None = None, store: Ru
                         result.broken.append(f"{path}:{number}: unreadable record ({exc})")
                         continue
                     candidates.append((record, folder / "per_user" / f"{record['run_id']}.npz"))
+                ledger = folder / "reproduced" / path.name  # written by `harness reproduce RUN_ID --publish`
+                for number, line in enumerate(ledger.read_text().splitlines() if ledger.is_file() else [], 1):
+                    try:
+                        entry = json.loads(line)
+                        result.reproductions.setdefault(entry["run_id"], []).append(entry)
+                    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                        result.broken.append(f"{ledger}:{number}: unreadable reproduction ({exc!r})")
     if store is not None:
         for record in store.records(dataset=dataset, track=track):
             try:

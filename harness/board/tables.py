@@ -102,6 +102,7 @@ def leaderboard_rows(results: ResultSet, ks: Sequence[int], primary: str, correc
         # set only by `harness reproduce --publish`, after a re-run on the publisher's machine matched the bundle
         checked = [results.verified(r) for r in records]
         row["verified"] = "yes" if all(checked) else ""
+        row["reproduced"] = results.reproduced(records)  # published seeds re-run by `harness reproduce RUN_ID`
         for k in ks:
             for name in (f"recall@{k}", f"ndcg@{k}"):
                 row[name] = _ci([t[name] for t in test if name in t])

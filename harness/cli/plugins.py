@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -56,8 +57,10 @@ def add_commands(sub) -> dict[str, Any]:
                      "deviation, at most the bundle's tolerance)")
     rep.add_argument("--device", default=None, help="device of the re-run (default: the bundle's)")
     rep.add_argument("--json", action="store_true")
-    rep.add_argument("--publish", action="store_true", help="re-run in the bubblewrap sandbox and, when reproduced, "
-                     "add the records to leaderboards/ with a verified mark")
+    rep.add_argument("--publish", action="store_true", help="BUNDLE: re-run in the bubblewrap sandbox and, when "
+                     "reproduced, add the records to leaderboards/ with a verified mark. RUN_ID: log the outcome, "
+                     "reproduced or not, in leaderboards/<track>/reproduced/<dataset>.jsonl, which the board's "
+                     "`reproduced` column reads")
     rep.add_argument("--leaderboards", default=None, help="leaderboards folder for --publish, and where a run id is "
                      "looked up (default: leaderboards/)")
     return {"new-method": cmd_new_method, "validate-plugin": cmd_validate_plugin, "submit": cmd_submit,
@@ -117,7 +120,7 @@ def cmd_submit(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from harness.paths import LEADERBOARDS_DIR
     from harness.plugins.submit import publish, reproduce_all
-    from harness.studies.reproduce import reproduce_published
+    from harness.studies.reproduce import log_reproduction, reproduce_published
 
     if "/" in args.bundle and not Path(args.bundle).is_dir():  # a run id has no slash
         raise HarnessError(f"{args.bundle}: no such bundle folder")
@@ -126,8 +129,8 @@ def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
         results = reproduce_all(args.bundle, None if args.seed is None else [args.seed], args.dataset,
                                 args.tolerance, args.device, "sandbox" if args.publish else None)
     else:
-        if args.publish or args.seed is not None or args.dataset:
-            raise HarnessError("a run id names one published record: --publish, --seed and --dataset are for bundles")
+        if args.seed is not None or args.dataset:
+            raise HarnessError("a run id names one published record: --seed and --dataset are for bundles")
         results = [reproduce_published(args.bundle, args.tolerance, args.device,
                                        leaderboards_dir=Path(args.leaderboards) if args.leaderboards
                                        else LEADERBOARDS_DIR)]
@@ -136,7 +139,9 @@ def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
     else:
         print("\n\n".join(r.render() for r in results))
     passed = all(r.passed for r in results)
-    if passed and args.publish:  # each dataset's reproduced seeds, marked
+    if args.publish and not Path(args.bundle).is_dir():  # logged whichever way it came out: failures show too
+        print(f"logged beside the board: {log_reproduction(results[0])}", file=sys.stderr if args.json else sys.stdout)
+    if passed and args.publish and Path(args.bundle).is_dir():  # each dataset's reproduced seeds, marked
         for dataset in dict.fromkeys(r.dataset for r in results):
             path = publish(args.bundle, [r for r in results if r.dataset == dataset],
                            Path(args.leaderboards) if args.leaderboards else LEADERBOARDS_DIR)

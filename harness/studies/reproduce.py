@@ -73,6 +73,7 @@ class Reproduction:
     record: dict[str, Any] | None = None
     max_abs_diff: float | None = None
     notes: list[str] = field(default_factory=list)  # what a reader should know beside the verdict
+    published_id: str | None = None  # the run id of the published record re-run (kind "published")
 
     @property
     def passed(self) -> bool:
@@ -176,10 +177,33 @@ def reproduce_published(run_id: str, tolerance: float | None = None, device: str
     row = next((records for records in board.groups().values() if any(r["run_id"] == run_id for r in records)),
                [submitted])
     tolerances, rule = metric_tolerances(row, same_machine(submitted, spec), tolerance)
-    result = Reproduction(path, "published", submitted["dataset"], int(submitted.get("seed", 0)), tolerances, rule)
+    result = Reproduction(path, "published", submitted["dataset"], int(submitted.get("seed", 0)), tolerances, rule,
+                          published_id=run_id)
     if drift:
         result.notes.append(f"the track now runs {spec.method} differently{drift} (record → today): this record "
                             f"is re-run as it was made, and stands for an older pin")
     with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
         again = run(spec, RunStore(runs_dir=tmp), prepare(spec))
     return compare(result, submitted, again)
+
+
+def ledger_path(board: Path) -> Path:
+    """Where the reproductions of a board's records are logged: `<track>/reproduced/<dataset>.jsonl` beside
+    `<track>/<dataset>.jsonl` (a subfolder, so that no board reader takes it for a dataset's board)."""
+    return board.parent / "reproduced" / board.name
+
+
+def log_reproduction(result: Reproduction) -> Path:
+    """Append a published record's re-run, reproduced or not, to its board's ledger: which seed, on what hardware
+    and library versions, at which commit, how close it came. The board's `reproduced` column reads it."""
+    again = result.record or {}
+    entry = {"run_id": result.published_id, "seed": result.seed, "passed": result.passed,
+             "max_abs_diff": result.max_abs_diff, "rule": result.rule, "problems": result.problems,
+             "rerun_id": again.get("run_id"), "reproduced_at": again.get("finished_at"),
+             "git_sha": again.get("git_sha"), "hardware": again.get("hardware"), "versions": again.get("versions"),
+             "isolation": again.get("isolation"), "train_seconds": (again.get("used") or {}).get("train_seconds")}
+    path = ledger_path(result.source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as ledger:
+        ledger.write(json.dumps(entry, sort_keys=True) + "\n")
+    return path
