@@ -63,7 +63,7 @@ def test_a_published_reproduction_is_logged_and_shown_on_the_board(tmp_path, cap
     ledger = tmp_path / "smoke" / "reproduced" / "synthetic.jsonl"
     entry = json.loads(ledger.read_text())
     assert entry["run_id"] == POP_SEED_0 and entry["passed"] and entry["max_abs_diff"] == 0
-    assert entry["hardware"]["cpu_count"] and entry["git_sha"] is not None and entry["rerun_id"] != POP_SEED_0
+    assert entry["hardware"]["cpu_count"] and entry["hardware"]["cpu"] and entry["git_sha"] is not None and entry["rerun_id"] != POP_SEED_0
 
     def pop_row():
         results = load_results(track="smoke", dataset="synthetic", leaderboards_dir=tmp_path)
@@ -77,3 +77,25 @@ def test_a_published_reproduction_is_logged_and_shown_on_the_board(tmp_path, cap
     board.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert main(["reproduce", POP_SEED_0, "--publish", "--leaderboards", str(tmp_path)]) == 1
     assert pop_row()["reproduced"] == "s0 NO; s0 exact"
+
+
+def test_exactness_is_demanded_only_of_the_cpu_that_made_a_record():
+    """Another CPU model with the same core count may run other kernels (AVX2 / AVX-512 / AMX) and sum floats in
+    another order: its re-run is held to the tolerance, not to the sixth decimal. Records older than the CPU's name
+    are compared on the rest of their hardware."""
+    import types
+
+    import torch
+
+    from harness.run.record import hardware, versions
+    from harness.studies.reproduce import same_machine
+
+    here = hardware(torch.device("cpu"))
+    assert here["cpu"]
+    spec = types.SimpleNamespace(device="cpu")
+    record = {"hardware": dict(here), "versions": versions()}
+    assert same_machine(record, spec)
+    assert not same_machine({**record, "hardware": {**here, "cpu": "another CPU"}}, spec)
+    older = {k: v for k, v in here.items() if k != "cpu"}
+    assert same_machine({**record, "hardware": older}, spec)
+    assert not same_machine({**record, "hardware": {**older, "cpu_count": here["cpu_count"] + 1}}, spec)

@@ -78,9 +78,19 @@ def git_sha() -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name: the same core count on another CPU may run other kernels (AVX2 / AVX-512 / AMX), whose
+    float sums differ, so a record names the CPU that made it."""
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
 def hardware(device: torch.device) -> dict[str, Any]:
-    info = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "device": str(device)}
+    info = {"platform": platform.platform(), "machine": platform.machine(), "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

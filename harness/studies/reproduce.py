@@ -54,9 +54,9 @@ def metric_tolerances(records: Sequence[dict[str, Any]], same_machine: bool, ove
 def same_machine(record: dict[str, Any], spec: RunSpec) -> bool:
     """Whether this machine and these library versions are the ones that made `record` (a CPU run is then
     reproduced bit for bit)."""
-    here = hardware(resolve_device(spec.device))
-    keys = ("platform", "machine", "cpu_count", "device")
-    return (all(record.get("hardware", {}).get(k) == here.get(k) for k in keys)
+    here, made = hardware(resolve_device(spec.device)), record.get("hardware", {})
+    keys = ("platform", "machine", "cpu_count", "device") + (("cpu",) if "cpu" in made else ())  # older: no model
+    return (all(made.get(k) == here.get(k) for k in keys)
             and record.get("versions") == versions() and here["device"] == "cpu")
 
 
