@@ -313,7 +313,8 @@ def cmd_ablate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     failed = {name: [r["seed"] for r in recs if r["status"] != "ok"] for name, recs in records.items()}
     records = {name: [r for r in recs if r["status"] == "ok"] for name, recs in records.items()}
     split_ids = {r["split_id"] for recs in records.values() for r in recs}
-    print(f"{args.method} on {args.dataset}: split {', '.join(sorted(s[:12] for s in split_ids))}, seeds {seeds}")
+    print(f"{args.method} on {args.dataset}: split {', '.join(sorted(s[:12] for s in split_ids))}, seeds {seeds}; "
+          f"mean ± sd over seeds, Δ paired over users (Holm-adjusted over each table's metrics)")
     for name, bad in failed.items():
         if bad:
             print(f"note: {name}: seeds {bad} did not finish ok (see their records)")
