@@ -200,6 +200,12 @@ def bundle_digest(bundle: Path) -> str:
     return digest.hexdigest()
 
 
+def ledger_path(board: Path) -> Path:
+    """Where the reproductions of a board's records are logged: `<track>/reproduced/<dataset>.jsonl` beside
+    `<track>/<dataset>.jsonl` (a subfolder, so that no board reader takes it for a dataset's board)."""
+    return board.parent / "reproduced" / board.name
+
+
 def load_results(track: str | None = None, dataset: str | None = None, store: RunStore | None = None,
                  published: bool = True, include_stale: bool = False, purpose: str = "eval",
                  leaderboards_dir: Path | None = None) -> ResultSet:
@@ -225,7 +231,7 @@ def load_results(track: str | None = None, dataset: str | None = None, store: Ru
                         result.broken.append(f"{path}:{number}: unreadable record ({exc})")
                         continue
                     candidates.append((record, folder / "per_user" / f"{record['run_id']}.npz"))
-                ledger = folder / "reproduced" / path.name  # written by `harness reproduce RUN_ID --publish`
+                ledger = ledger_path(path)  # written by `harness reproduce RUN_ID --publish`
                 for number, line in enumerate(ledger.read_text().splitlines() if ledger.is_file() else [], 1):
                     try:
                         entry = json.loads(line)

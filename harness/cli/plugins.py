@@ -122,9 +122,10 @@ def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from harness.plugins.submit import publish, reproduce_all
     from harness.studies.reproduce import log_reproduction, reproduce_published
 
-    if "/" in args.bundle and not Path(args.bundle).is_dir():  # a run id has no slash
+    is_bundle = Path(args.bundle).is_dir()
+    if "/" in args.bundle and not is_bundle:  # a run id has no slash
         raise HarnessError(f"{args.bundle}: no such bundle folder")
-    if Path(args.bundle).is_dir():
+    if is_bundle:
         # a reproduction that may be published runs the plugin in the sandbox (a user error where there is none)
         results = reproduce_all(args.bundle, None if args.seed is None else [args.seed], args.dataset,
                                 args.tolerance, args.device, "sandbox" if args.publish else None)
@@ -139,9 +140,9 @@ def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
     else:
         print("\n\n".join(r.render() for r in results))
     passed = all(r.passed for r in results)
-    if args.publish and not Path(args.bundle).is_dir():  # logged whichever way it came out: failures show too
+    if args.publish and not is_bundle:  # logged whichever way it came out: failures show too
         print(f"logged beside the board: {log_reproduction(results[0])}", file=sys.stderr if args.json else sys.stdout)
-    if passed and args.publish and Path(args.bundle).is_dir():  # each dataset's reproduced seeds, marked
+    if passed and args.publish and is_bundle:  # each dataset's reproduced seeds, marked
         for dataset in dict.fromkeys(r.dataset for r in results):
             path = publish(args.bundle, [r for r in results if r.dataset == dataset],
                            Path(args.leaderboards) if args.leaderboards else LEADERBOARDS_DIR)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from tabulate import tabulate
 
-from harness.board.results import load_results
+from harness.board.results import ledger_path, load_results
 from harness.board.store import RunStore
 from harness.errors import HarnessError
 from harness.paths import LEADERBOARDS_DIR
@@ -185,12 +185,6 @@ def reproduce_published(run_id: str, tolerance: float | None = None, device: str
     with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
         again = run(spec, RunStore(runs_dir=tmp), prepare(spec))
     return compare(result, submitted, again)
-
-
-def ledger_path(board: Path) -> Path:
-    """Where the reproductions of a board's records are logged: `<track>/reproduced/<dataset>.jsonl` beside
-    `<track>/<dataset>.jsonl` (a subfolder, so that no board reader takes it for a dataset's board)."""
-    return board.parent / "reproduced" / board.name
 
 
 def log_reproduction(result: Reproduction) -> Path:
