@@ -69,6 +69,11 @@ def test_cli_leaderboard_compare_and_broken_published_records(board, capsys, mon
     rows = json.loads(capsys.readouterr().out)
     assert {r["method"] for r in rows} == {"pop", "test-noisy-pop"} and all(r["seeds"] == 3 for r in rows)
     assert sorted(r["tied_with_best"] for r in rows) in (["best", "different"], ["best", "tied"])
+    # under the table: the methods the track pins that have no run on this board
+    assert main(["leaderboard", "--track", "smoke", "--dataset", "synthetic", "--runs-dir", runs,
+                 "--no-published", "--format", "md"]) == 0
+    missing = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Not run on this board"))
+    assert "sasrec" in missing and "gryphon" in missing and "pop" not in missing
     assert main(["compare", "--track", "smoke", "--dataset", "synthetic", "--runs-dir", runs, "--no-published",
                  "--methods", "pop,test-noisy-pop", "--metric", "recall@10"]) == 0
     out = capsys.readouterr().out

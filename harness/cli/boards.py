@@ -61,15 +61,21 @@ def read_results(args: argparse.Namespace, dataset: str | None) -> ResultSet:
     return results
 
 
-def extra_sections(results, ks: Sequence[int], fmt: str, held: dict[str, str] | None = None) -> str:
+def extra_sections(results, ks: Sequence[int], fmt: str, held: dict[str, str] | None = None,
+                   track: str | None = None) -> str:
     """What a board prints under its table: Gryphon's Table 2 per row with a beam pool, each peer beside ours (rows
-    `held` back for older pins are left out; unconverged ones are shown)."""
+    `held` back for older pins are left out; unconverged ones are shown), and the methods the track pins that have
+    no run on this board yet."""
     from harness.board.tables import peer_sections, pool_sections
     from harness.registry import peer_pairs
     from harness.run.spec import held_for_pins
+    from harness.run.tracks import load_track
     groups = {name: records for name, records in results.groups().items()
               if name not in held_for_pins(held or {})}
     parts = [pool_sections(groups, fmt), peer_sections(results, groups, peer_pairs(groups), ks, fmt)]
+    missing = load_track(track).not_run(r["method"] for r in results.records) if track else []
+    if missing:
+        parts.append(f"Not run on this board yet (the track pins them): {', '.join(missing)}.")
     return "\n\n".join(p for p in parts if p)
 
 
@@ -98,7 +104,7 @@ def cmd_leaderboard(args: argparse.Namespace, argv=None) -> int:
     primary, ks, min_seeds, held = board_rules(args.track, results)
     print(render(leaderboard_rows(results, ks, primary, args.correction, args.alpha, min_seeds, held), args.format))
     if args.format in ("plain", "md"):
-        extra = extra_sections(results, ks, args.format, held)
+        extra = extra_sections(results, ks, args.format, held, args.track)
         if extra:
             print("\n" + extra)
     return 0
@@ -133,7 +139,7 @@ def cmd_export(args: argparse.Namespace, argv=None) -> int:
                   f"(a row of the same label now runs under its pins)")
             primary, ks, min_seeds, held = board_rules(args.track, results)
         table = render(leaderboard_rows(results, ks, primary, args.correction, args.alpha, min_seeds, held), "md")
-        extra = extra_sections(results, ks, "md", held)
+        extra = extra_sections(results, ks, "md", held, args.track)
         if extra:
             table += "\n\n" + extra
         stale = [r for r in results.records if is_stale(r)]

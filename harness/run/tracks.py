@@ -5,7 +5,7 @@ A number on the board belongs to a track; every method in a track runs under the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
@@ -62,6 +62,12 @@ class Track:
         """The method config values this track pins on `dataset`."""
         return {**self.method_overrides.get(method, {}),
                 **self.dataset_method_overrides.get(dataset, {}).get(method, {})}
+
+    def not_run(self, methods: Iterable[str]) -> list[str]:
+        """The methods this track pins (`method_overrides`) that have no record among `methods`: a board names its
+        missing rows, so an absent method is never read as one left out."""
+        seen = set(methods)
+        return [m for m in self.method_overrides if m not in seen]
 
     def check_dataset(self, dataset: str) -> None:
         if dataset not in self.datasets:
