@@ -203,7 +203,7 @@ def test_each_loss_against_a_direct_computation():
     losses = method.losses(users, items, labels, exposure, cross, hist_items, hist_labels, feats)
     for name, value in {"rank": rank, "recall": recall, "u2t": u2t, "commit": commit, "sem": sem,
                         "total": total}.items():
-        assert losses[name].detach().item() == pytest.approx(float(value), rel=1e-5, abs=1e-7), name
+        assert losses[name].detach().item() == pytest.approx(value.item(), rel=1e-5, abs=1e-7), name
     grads = torch.autograd.grad(losses["total"], list(net.parameters()), allow_unused=True)
     for a, b in zip(grads, direct_grads):
         if a is None or b is None:
