@@ -24,7 +24,7 @@ from harness.errors import HarnessError
 from harness.paths import LEADERBOARDS_DIR
 from harness.registry import peer_pairs
 from harness.run.spec import board_rules, held_for_pins
-from harness.run.tracks import load_track
+from harness.run.tracks import not_run_note
 
 st.set_page_config(page_title="gr-harness leaderboard", layout="wide")
 
@@ -99,14 +99,6 @@ def board_of(track: str, results: ResultSet | None = None) -> tuple[Callable[[st
         return board_rules(track, results)[2:]
     except HarnessError:  # runs made outside any track, or a track file that is gone
         return (lambda method: 3), {}
-
-
-def not_run(track: str, results: ResultSet) -> list[str]:
-    """The methods the track pins that have no run on this board (none for runs outside any track)."""
-    try:
-        return load_track(track).not_run(r["method"] for r in results.records)
-    except HarnessError:
-        return []
 
 
 def flagship(results: ResultSet) -> tuple[str, str]:
@@ -187,9 +179,9 @@ def leaderboard_view(results: ResultSet) -> None:
     if any(r["reproduced"] for r in rows):
         st.caption("reproduced: published seeds re-run from their records by `harness reproduce RUN_ID --publish`; "
                    "exact = every test metric identical to the published one, NO = not reproduced")
-    missing = not_run(track, subset)
+    missing = not_run_note(track, (r["method"] for r in subset.records))
     if missing:
-        st.caption(plain(f"Not run on this board yet (the track pins them): {', '.join(missing)}"))
+        st.caption(plain(missing))
     numbers = numeric_rows(subset, metric)
     numbers = numbers[numbers["method"].isin([r["method"] for r in rows])]
     left, right = st.columns(2)

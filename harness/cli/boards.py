@@ -69,13 +69,11 @@ def extra_sections(results, ks: Sequence[int], fmt: str, held: dict[str, str] | 
     from harness.board.tables import peer_sections, pool_sections
     from harness.registry import peer_pairs
     from harness.run.spec import held_for_pins
-    from harness.run.tracks import load_track
+    from harness.run.tracks import not_run_note
     groups = {name: records for name, records in results.groups().items()
               if name not in held_for_pins(held or {})}
     parts = [pool_sections(groups, fmt), peer_sections(results, groups, peer_pairs(groups), ks, fmt)]
-    missing = load_track(track).not_run(r["method"] for r in results.records) if track else []
-    if missing:
-        parts.append(f"Not run on this board yet (the track pins them): {', '.join(missing)}.")
+    parts.append(not_run_note(track, (r["method"] for r in results.records)))
     return "\n\n".join(p for p in parts if p)
 
 

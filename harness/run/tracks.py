@@ -74,6 +74,16 @@ class Track:
             raise ConfigError(f"dataset {dataset!r} is not in track {self.name!r} (datasets: {', '.join(self.datasets)})")
 
 
+def not_run_note(track: str | None, methods: Iterable[str]) -> str:
+    """The line a board prints under its table naming the methods its track pins with no run on it ('' when none,
+    or for runs outside any track)."""
+    try:
+        missing = load_track(track).not_run(methods) if track else []
+    except HarnessError:  # runs outside any track (the app names them "None"), or a track file that is gone
+        return ""
+    return f"Not run on this board yet (the track pins them): {', '.join(missing)}." if missing else ""
+
+
 def track_names() -> list[str]:
     return sorted(p.stem for p in TRACKS_DIR.glob("*.yaml"))
 
