@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 import yaml
 
-from harness.config import Registry
+from harness.config import Registry, epoch_plan
 from harness.data.dataset import item_texts
 from harness.data.interactions import TrainInteractions
 from harness.data.labelled import ExposureHistory
@@ -106,7 +106,7 @@ class Budget:
 
     def epochs(self, default: int) -> int:
         """The number of epochs to plan for: the plugin's own cap, limited by the budget's cap."""
-        return default if self.max_epochs is None else min(default, self.max_epochs)
+        return epoch_plan(default, self.max_epochs)
 
     def epoch_done(self) -> None:
         self.epochs_done += 1

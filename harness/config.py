@@ -84,6 +84,16 @@ def parse_budget(text: str | None) -> float | None:
     return float(match.group(1)) * _UNITS.get(match.group(2) or "s", 1)
 
 
+def epoch_plan(epochs: Any, max_epochs: int | None) -> int | None:
+    """The epochs a run plans for (`Budget.epochs`): the method's own `epochs` under the track's epoch cap; the cap
+    where the config names no `epochs`. Training sees the cap only through this plan, so runs of one config under two
+    caps that give the same plan trained the same: a track may raise its cap above its methods' epochs without
+    splitting their rows (the board's `row_key`) or re-running their seeds."""
+    if not isinstance(epochs, int) or isinstance(epochs, bool):
+        return max_epochs
+    return epochs if max_epochs is None else min(epochs, max_epochs)
+
+
 class Registry(Generic[T]):
     """Named entries of one kind (methods, embedders, tokenizers, dataset loaders), the one name → class table.
 

@@ -87,6 +87,22 @@ def test_rows_never_pool_records_of_different_splits_or_budgets():
     assert any("split s1" in name for name in names) and any("budget 10 epochs" in name for name in names)
 
 
+def test_an_epoch_cap_splits_only_the_configs_whose_plan_it_changes():
+    """Training sees the epoch cap only through `budget.epochs(config epochs)`: a config of 100 epochs planned 100
+    under a 200- and a 400-epoch cap alike and shares its row; one of 300 planned 200 and 300 and does not, nor does
+    a config that names no epochs (its plugin may plan anything under the cap)."""
+    def run(run_id, seed, epochs, cap, method="sasrec"):
+        record = _pop(run_id, seed, epochs=cap)
+        return {**record, "method": method, "method_config": {} if epochs is None else {"epochs": epochs}}
+    results = ResultSet(records=[run("a", 0, 100, 200), run("b", 1, 100, 400), run("c", 0, 300, 200, "argus"),
+                                 run("d", 1, 300, 400, "argus"), run("e", 0, None, 200, "pop"),
+                                 run("f", 1, None, 400, "pop")])
+    groups = results.groups()
+    assert [r["run_id"] for r in groups["sasrec"]] == ["a", "b"]
+    assert sorted(groups) == ["argus [budget 200 epochs]", "argus [budget 300 epochs]", "pop [budget 200 epochs]",
+                              "pop [budget 400 epochs]", "sasrec"]
+
+
 def test_the_clocks_safety_cap_splits_only_the_runs_it_ended():
     """Training never reads the clock: runs that stopped by their epochs or early stopping under a 60 s and a 600 s
     cap trained the same and share a row (a track may raise its cap); runs the cap ended stay apart, by cap."""

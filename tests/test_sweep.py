@@ -134,3 +134,21 @@ def test_a_finished_seed_stands_under_a_raised_safety_cap_but_a_clock_ended_one_
     assert seeds(3600) == [0]  # seed 0 early-stopped: the same run under the larger cap; seed 1 must run again
     assert seeds(400) == []  # seed 0's 500 s of training do not fit a 400 s cap
     assert seeds(None) == [0]
+
+
+def test_a_finished_seed_stands_under_a_raised_epoch_cap_that_leaves_its_plan_alone():
+    from harness.run.spec import RunSpec
+    from harness.studies.seeds import finished_seeds
+
+    class Store:
+        def records(self, **_):
+            base = {"method": "sasrec", "method_config_hash": "h", "track": "t", "metrics": {"test": {}},
+                    "status": "ok", "budget": {"seconds": None, "max_epochs": 200}}
+            return [{**base, "seed": 0, "method_config": {"epochs": 100}},
+                    {**base, "seed": 1, "method_config": {"epochs": 300}}]
+
+    def seeds(cap):
+        return sorted(finished_seeds(Store(), RunSpec("sasrec", "d", max_epochs=cap, track="t"), "split", "h"))
+    assert seeds(200) == [0, 1]
+    assert seeds(400) == [0]  # seed 0 planned its own 100 epochs under either cap; seed 1 planned 200, now 300
+    assert seeds(50) == []

@@ -80,7 +80,7 @@ def test_a_row_run_otherwise_than_the_track_runs_today_is_held_then_retired_by_i
     rows = {r["method"]: r for r in leaderboard_rows(results, [10], primary, min_seeds=needs, held=held)}
     assert {r["tied_with_best"] for r in rows.values()} == {"n/a"}  # neither is the track as it is today
     assert any("patience 10 → 30" in r["note"] for r in rows.values())
-    assert any("(max_epochs) 20 → 50" in r["note"] for r in rows.values())
+    assert any("(epoch plan) 20 → 50" in r["note"] for r in rows.values())
     assert superseded(results, held) == set()  # nothing has replaced them yet: they stay on the board
 
     current = [record(f"new{s}", s, 0.1 + s / 100) for s in range(3)]

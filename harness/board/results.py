@@ -19,6 +19,7 @@ import torch
 
 import harness
 from harness.board.store import RunStore
+from harness.config import epoch_plan
 from harness.metrics import metrics_from_groups, metrics_from_ranks
 from harness.paths import LEADERBOARDS_DIR
 from harness.schema import EVALUATED, RecordError, check_record
@@ -147,14 +148,16 @@ ROW_PARTS = ("config", "split", "protocol", "budget", "versions", "precision", "
 def row_key(record: dict[str, Any]) -> tuple:
     """What must be equal for two records to share a board row: the method configuration, the split, the protocol,
     the budget, the metric and protocol versions, the training precision, and whether the clock ended training
-    (`budget_bound`). The budget is the epoch cap; the clock's safety cap counts only for runs it ended: a run
-    that stopped by its epochs or early stopping trained the same under any cap (training never reads the clock),
-    so a track may raise its cap without splitting its rows."""
+    (`budget_bound`). The budget is the epoch plan (the config's epochs under the track's epoch cap, `epoch_plan`):
+    caps that give a config the same plan split nothing. The clock's safety cap counts only for runs it ended: a
+    run that stopped by its epochs or early stopping trained the same under any cap (training never reads the
+    clock), so a track may raise either cap without splitting its rows."""
     budget = record.get("budget") or {}
     bound = record.get("status") == "budget_bound"
+    plan = epoch_plan((record.get("method_config") or {}).get("epochs"), budget.get("max_epochs"))
     return (record.get("method_config_hash", ""), record.get("split_id"),
             json.dumps(record.get("protocol") or {}, sort_keys=True, default=str),
-            (budget.get("seconds") if bound else None, budget.get("max_epochs")),
+            (budget.get("seconds") if bound else None, plan),
             (record.get("metric_version"), record.get("protocol_version")), record.get("precision", "fp32"), bound)
 
 

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 from harness import registry
 from harness.board.results import row_key, row_label
-from harness.config import merge_config
+from harness.config import epoch_plan, merge_config
 from harness.errors import ConfigError, HarnessError
 from harness.metrics import DEFAULT_KS
 from harness.run.tracks import Track, load_track
@@ -81,7 +81,7 @@ def config_difference(was: dict[str, Any] | None, now: dict[str, Any] | None) ->
 
 def pin_drift(record: dict[str, Any], track: Track) -> str | None:
     """How the track runs a record today where that differs from how the record ran (`: patience 10 → 30`): the
-    method config (with the record's --set values), the epoch cap and the precision; "" where nothing differs; None
+    method config (with the record's --set values), the epoch plan (`epoch_plan`) and the precision; "" where nothing differs; None
     where this install cannot say (the method's plugin is not installed, or the record has no config)."""
     if not record.get("method_config"):
         return None
@@ -93,9 +93,11 @@ def pin_drift(record: dict[str, Any], track: Track) -> str | None:
     except HarnessError:  # the plugin is not installed here
         return None
     budget = record.get("budget") or {}
-    was = {**record["method_config"], "(max_epochs)": budget.get("max_epochs"),
+    was = {**record["method_config"], "(epoch plan)": epoch_plan(record["method_config"].get("epochs"),
+                                                                 budget.get("max_epochs")),
            "(precision)": record.get("precision", "fp32")}
-    return config_difference(was, {**now, "(max_epochs)": track.max_epochs, "(precision)": track.precision})
+    return config_difference(was, {**now, "(epoch plan)": epoch_plan(now.get("epochs"), track.max_epochs),
+                                   "(precision)": track.precision})
 
 
 def off_pin_rows(groups: dict[str, list[dict[str, Any]]], track: Track) -> dict[str, str]:

@@ -15,7 +15,7 @@ import torch
 from joblib import Parallel, delayed
 
 from harness.board.store import RunStore
-from harness.config import config_hash
+from harness.config import config_hash, epoch_plan
 from harness.errors import ConfigError
 from harness.run.referee import prepare, run
 from harness.run.spec import RunSpec
@@ -71,7 +71,7 @@ def _run_one(spec: RunSpec, store_url: str, runs_dir: str) -> dict[str, Any]:
 
 
 def finished_seeds(store: RunStore, spec: RunSpec, split_id: str, cfg_hash: str) -> dict[int, dict[str, Any]]:
-    """Seeds that already have an evaluation record for exactly this configuration, data, epoch cap and track. Of the
+    """Seeds that already have an evaluation record for exactly this configuration, data, epoch plan and track. Of the
     clock's safety cap (a stricter form of the board's `row_key`): a run that ended by its epochs or early stopping
     trained the same under any cap its training time stays under (training never reads the clock); a run the clock
     ended is finished only under the same cap."""
@@ -80,11 +80,13 @@ def finished_seeds(store: RunStore, spec: RunSpec, split_id: str, cfg_hash: str)
         if record["status"] not in EVALUATED:
             continue
         budget, cap = record.get("budget", {}), spec.budget_seconds
+        epochs = (record.get("method_config") or {}).get("epochs")  # the config's own: the hash says it is spec's
         within_cap = budget.get("seconds") == cap or (record["status"] != "budget_bound" and (
             cap is None or (record.get("used") or {}).get("train_seconds", float("inf")) < cap))
         if (record.get("method_config_hash") == cfg_hash and record.get("track") == spec.track
                 and record.get("purpose", "eval") == spec.purpose and within_cap
-                and budget.get("max_epochs") == spec.max_epochs and "test" in record.get("metrics", {})):
+                and epoch_plan(epochs, budget.get("max_epochs")) == epoch_plan(epochs, spec.max_epochs)
+                and "test" in record.get("metrics", {})):
             done[record["seed"]] = record
     return done
 
