@@ -81,8 +81,9 @@ def config_difference(was: dict[str, Any] | None, now: dict[str, Any] | None) ->
 
 def pin_drift(record: dict[str, Any], track: Track) -> str | None:
     """How the track runs a record today where that differs from how the record ran (`: patience 10 → 30`): the
-    method config (with the record's --set values), the epoch plan (`epoch_plan`) and the precision; "" where nothing differs; None
-    where this install cannot say (the method's plugin is not installed, or the record has no config)."""
+    method config (with the record's --set values), the epoch plan (`epoch_plan`) and the precision; "" where nothing
+    differs; None where this install cannot say (the method's plugin is not installed, or the record has no
+    config)."""
     if not record.get("method_config"):
         return None
     overrides = dict(record.get("config_overrides") or {})
