@@ -15,8 +15,9 @@ def test_a_dataset_override_applies_to_its_dataset_only():
     small = RunSpec.for_track(track, "sasrec", "ml-latest-small").track_overrides
     scientific = RunSpec.for_track(track, "sasrec", "scientific").track_overrides
     assert small["patience"] == 30 and scientific["patience"] == 10
-    assert {k: v for k, v in small.items() if k != "patience"} == \
-        {k: v for k, v in scientific.items() if k != "patience"}  # everything else is the track's method sizes
+    assert small["epochs"] == 400 and "epochs" not in scientific  # scientific keeps sasrec's own 200
+    assert {k: v for k, v in small.items() if k not in ("patience", "epochs")} == \
+        {k: v for k, v in scientific.items() if k not in ("patience", "epochs")}  # the rest: the track's sizes
     assert RunSpec.for_track(track, "tiger", "ml-latest-small").track_overrides == \
         RunSpec.for_track(track, "tiger", "scientific").track_overrides  # methods not named are untouched
 
