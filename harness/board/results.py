@@ -145,6 +145,12 @@ class ResultSet:
 ROW_PARTS = ("config", "split", "protocol", "budget", "versions", "precision", "bound")
 
 
+def planned_epochs(record: dict[str, Any], max_epochs: Any = "recorded") -> int | None:
+    """The epochs a record's config plans under its own recorded epoch cap, or under `max_epochs` (`epoch_plan`)."""
+    cap = (record.get("budget") or {}).get("max_epochs") if max_epochs == "recorded" else max_epochs
+    return epoch_plan((record.get("method_config") or {}).get("epochs"), cap)
+
+
 def row_key(record: dict[str, Any]) -> tuple:
     """What must be equal for two records to share a board row: the method configuration, the split, the protocol,
     the budget, the metric and protocol versions, the training precision, and whether the clock ended training
@@ -154,10 +160,9 @@ def row_key(record: dict[str, Any]) -> tuple:
     clock), so a track may raise either cap without splitting its rows."""
     budget = record.get("budget") or {}
     bound = record.get("status") == "budget_bound"
-    plan = epoch_plan((record.get("method_config") or {}).get("epochs"), budget.get("max_epochs"))
     return (record.get("method_config_hash", ""), record.get("split_id"),
             json.dumps(record.get("protocol") or {}, sort_keys=True, default=str),
-            (budget.get("seconds") if bound else None, plan),
+            (budget.get("seconds") if bound else None, planned_epochs(record)),
             (record.get("metric_version"), record.get("protocol_version")), record.get("precision", "fp32"), bound)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from harness import registry
-from harness.board.results import row_key, row_label
+from harness.board.results import planned_epochs, row_key, row_label
 from harness.config import epoch_plan, merge_config
 from harness.errors import ConfigError, HarnessError
 from harness.metrics import DEFAULT_KS
@@ -93,9 +93,7 @@ def pin_drift(record: dict[str, Any], track: Track) -> str | None:
         return f": --set {', '.join(sorted(overrides))} no longer valid"
     except HarnessError:  # the plugin is not installed here
         return None
-    budget = record.get("budget") or {}
-    was = {**record["method_config"], "(epoch plan)": epoch_plan(record["method_config"].get("epochs"),
-                                                                 budget.get("max_epochs")),
+    was = {**record["method_config"], "(epoch plan)": planned_epochs(record),
            "(precision)": record.get("precision", "fp32")}
     return config_difference(was, {**now, "(epoch plan)": epoch_plan(now.get("epochs"), track.max_epochs),
                                    "(precision)": track.precision})

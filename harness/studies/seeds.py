@@ -14,8 +14,9 @@ from typing import Any, Sequence
 import torch
 from joblib import Parallel, delayed
 
+from harness.board.results import planned_epochs
 from harness.board.store import RunStore
-from harness.config import config_hash, epoch_plan
+from harness.config import config_hash
 from harness.errors import ConfigError
 from harness.run.referee import prepare, run
 from harness.run.spec import RunSpec
@@ -80,12 +81,11 @@ def finished_seeds(store: RunStore, spec: RunSpec, split_id: str, cfg_hash: str)
         if record["status"] not in EVALUATED:
             continue
         budget, cap = record.get("budget", {}), spec.budget_seconds
-        epochs = (record.get("method_config") or {}).get("epochs")  # the config's own: the hash says it is spec's
         within_cap = budget.get("seconds") == cap or (record["status"] != "budget_bound" and (
             cap is None or (record.get("used") or {}).get("train_seconds", float("inf")) < cap))
         if (record.get("method_config_hash") == cfg_hash and record.get("track") == spec.track
                 and record.get("purpose", "eval") == spec.purpose and within_cap
-                and epoch_plan(epochs, budget.get("max_epochs")) == epoch_plan(epochs, spec.max_epochs)
+                and planned_epochs(record) == planned_epochs(record, spec.max_epochs)  # one config: the hash
                 and "test" in record.get("metrics", {})):
             done[record["seed"]] = record
     return done
