@@ -34,7 +34,8 @@ list cut off (credited 1/n for each of the SID's n catalogue items).
 
 Labelled exposures: AUC is the Mann-Whitney statistic with average ranks for ties (as scikit-learn); log-loss for
 probabilities; with several targets per user Recall@k = targets in the top k / targets and NDCG@k has the ideal DCG
-of min(k, targets) hits.
+of min(k, targets) hits. Their `item_` forms take each target's expected credit in its collision group (above) and
+combine them the same way (expectations add, so two targets in one group need no joint placement).
 """
 from __future__ import annotations
 
@@ -282,4 +283,26 @@ def retrieval_metrics(target_ranks: Sequence[np.ndarray], ks: Sequence[int]) -> 
             out[f"recall@{k}"][row] = hit.mean()
             ideal = (1.0 / np.log2(np.arange(min(k, len(ranks))) + 2.0)).sum()
             out[f"ndcg@{k}"][row] = (1.0 / np.log2(ranks[hit] + 2.0)).sum() / ideal
+    return out
+
+
+def grouped_retrieval_metrics(target_slots: Sequence[np.ndarray], target_sizes: Sequence[np.ndarray],
+                              ks: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per-user `item_recall@k` / `item_ndcg@k` with several targets per user: each target's expected hit and gain in
+    its collision group (`metrics_from_groups`), averaged (recall) or summed over the ideal DCG of min(k, targets)
+    hits (NDCG), as `retrieval_metrics` does with ranks; with groups of one item the two agree (to float rounding)."""
+    counts = np.array([len(s) for s in target_slots], dtype=np.int64)
+    out = {f"item_{m}@{k}": np.full(len(counts), np.nan) for k in ks for m in ("recall", "ndcg")}
+    if counts.sum() == 0:
+        return out
+    per_target = metrics_from_groups(torch.as_tensor(np.concatenate(target_slots), dtype=torch.double),
+                                     torch.as_tensor(np.concatenate(target_sizes), dtype=torch.long), ks)
+    owner = np.repeat(np.arange(len(counts)), counts)
+    has = counts > 0
+    for k in ks:
+        hits = np.bincount(owner, per_target[f"item_recall@{k}"], minlength=len(counts))
+        gains = np.bincount(owner, per_target[f"item_ndcg@{k}"], minlength=len(counts))
+        ideal = np.cumsum(1.0 / np.log2(np.arange(max(k, 1)) + 2.0))[np.minimum(counts, k) - 1]
+        out[f"item_recall@{k}"][has] = hits[has] / counts[has]
+        out[f"item_ndcg@{k}"][has] = gains[has] / ideal[has]
     return out

@@ -12,7 +12,7 @@ from harness.data import load, make_split
 from harness.data.labelled import labelled_split
 from harness.errors import DataError
 from harness.features.cross import AFTER_ALL, CROSS_FEATURES, candidate_queries, cross_features
-from harness.metrics import auc, log_loss, retrieval_metrics
+from harness.metrics import auc, grouped_retrieval_metrics, log_loss, retrieval_metrics
 from harness.run.referee import run
 from harness.run.spec import RunSpec
 
@@ -117,6 +117,55 @@ def test_multi_target_retrieval_metrics_by_hand():
     assert m["ndcg@2"][2] == pytest.approx(1 / np.log2(3))
 
 
+def test_multi_target_collision_group_credit_by_hand():
+    # user 0: a target in a 3-item group at slots 1-3, one at rank 0 (a group of one), one missed; user 1: none
+    slots, sizes = [np.array([1.0, 0.0, np.inf]), np.array([])], [np.array([3, 1, 0]), np.array([], dtype=int)]
+    m = grouped_retrieval_metrics(slots, sizes, [2, 5])
+    assert m["item_recall@2"][0] == pytest.approx((1 / 3 + 1) / 3)  # one of the group's 3 slots is inside the top 2
+    assert m["item_recall@5"][0] == pytest.approx((1 + 1) / 3)
+    gain = (1 / np.log2(3) + 1 / np.log2(4) + 1 / np.log2(5)) / 3 + 1.0
+    assert m["item_ndcg@5"][0] == pytest.approx(gain / (1 + 1 / np.log2(3) + 0.5))
+    assert np.isnan(m["item_recall@5"][1]) and np.isnan(m["item_ndcg@2"][1])
+    # groups of one item: the pessimistic metrics, target by target
+    ranks = [np.array([0.0, 3.0, np.inf]), np.array([]), np.array([1.0])]
+    single = grouped_retrieval_metrics(ranks, [np.ones(len(r)) for r in ranks], [2, 5])
+    for name, values in retrieval_metrics(ranks, [2, 5]).items():
+        np.testing.assert_allclose(single[f"item_{name}"], values, rtol=1e-12)
+
+
+def test_labelled_evaluator_credits_collision_groups_beside_the_pessimistic_ranks():
+    import torch
+
+    from harness.api import Method, TopK
+    from harness.data.labelled import ExposureHistory, LabelledPart
+    from harness.run.evaluate_labelled import evaluate_labelled
+    n_items = 12
+
+    class Grouped(Method):  # every user gets group {0, 1, 2} (one generated SID) first, then items 3 and 4
+        name = "grouped"
+        item_group = np.array([0, 0, 0] + list(range(1, n_items - 2)))
+
+        def fit(self, train, budget):
+            pass
+
+        def recommend(self, histories, k):
+            items = torch.tensor([[0, 1, 2, 3, 4]] * len(histories))
+            return TopK(items=items, scores=torch.tensor([[2.0, 2.0, 2.0, 1.0, 0.5]] * len(histories)))
+    empty = ExposureHistory(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
+    blocks = [np.array([0, 3, 9]), np.array([1, 2, 4])]
+    labels = [np.array([1, 1, 0]), np.array([1, 1, 1])]
+    part = LabelledPart(np.arange(2), [np.zeros(0, np.int64)] * 2, [empty] * 2, blocks, labels, pd.DataFrame())
+    result = evaluate_labelled(Grouped(), part, n_items, [1, 5], exclude_history=False)
+    per_user = result.per_user
+    # pessimistically a group member ranks after its whole group (rank 2); in expectation it is at 0, 1 or 2
+    assert per_user["recall@1"].tolist() == [0.0, 0.0] and per_user["item_recall@1"] == pytest.approx([1 / 6, 2 / 9])
+    assert per_user["recall@5"].tolist() == [1.0, 1.0] and per_user["item_recall@5"].tolist() == [1.0, 1.0]
+    gain = (1 + 1 / np.log2(3) + 0.5) / 3  # a group member's expected gain over slots 0-2
+    assert per_user["item_ndcg@5"][0] == pytest.approx((gain + 1 / np.log2(5)) / (1 + 1 / np.log2(3)))
+    assert per_user["ndcg@5"][0] == pytest.approx((0.5 + 1 / np.log2(5)) / (1 + 1 / np.log2(3)))
+    assert result.metrics["item_recall@1"] == pytest.approx((1 / 6 + 2 / 9) / 2)
+
+
 def test_every_score_method_gets_auc_on_the_labelled_protocol(store, tmp_path):
     records = {}
     for method in ("pop", "sasrec"):
@@ -127,6 +176,7 @@ def test_every_score_method_gets_auc_on_the_labelled_protocol(store, tmp_path):
     for record in records.values():
         test = record["metrics"]["test"]
         assert 0.0 <= test["auc"] <= 1.0 and 0.0 <= test["gauc"] <= 1.0 and "recall@10" in test
+        assert test["item_ndcg@10"] == pytest.approx(test["ndcg@10"])  # no collision groups: the same credit
         assert "logloss" not in test  # these scores are not probabilities
         assert record["protocol"]["name"] == "labelled"
     assert records["pop"]["split_id"] == records["sasrec"]["split_id"]

@@ -8,6 +8,8 @@
   DCG of min(k, targets) hits. Ranks follow the leave-one-out rules (pessimistic ties, cleaned top-k lists), and the
   user's earlier exposures are excluded when the protocol says so. Users without a positive in the block have no
   retrieval value (NaN in their per-user arrays) but still count for AUC.
+- Collision groups: `item_recall@k` / `item_ndcg@k` beside them, each target credited in expectation inside its
+  group (`harness.metrics`), as on the leave-one-out protocol; equal to the pessimistic ones without groups.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from tqdm import tqdm
 from harness.api import Method
 from harness.data.labelled import LabelledPart
 from harness.errors import EvaluationError
-from harness.metrics import auc, log_loss, ranks_from_scores, ranks_from_topk, retrieval_metrics
+from harness.metrics import (auc, group_slots_from_topk, grouped_retrieval_metrics, log_loss, ranks_from_scores,
+                             ranks_from_topk, retrieval_metrics)
 from harness.run.evaluate import EvalResult, alternative_rankings, asked_top, judged_mode, plugin_kwargs
 
 
@@ -55,10 +58,11 @@ def exposure_scores(scorer: Callable, method, part: LabelledPart, batch_size: in
 
 
 def _retrieval_ranks(method, part: LabelledPart, n_items: int, k_max: int, mode: str, exclude_history: bool,
-                     batch_size: int) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
-    """Per user, the rank of each target (inf = missed); also per alternative ranking the method offers."""
-    per_user: list[np.ndarray] = []
-    alternatives: dict[str, list[np.ndarray]] = {}
+                     batch_size: int) -> dict[str, dict[str, list[np.ndarray]]]:
+    """Per ranking ("" the method's own, then each alternative it offers) and per user, each target's pessimistic
+    rank (`ranks`, inf = missed) and its collision group's first slot and size (`slots`, `sizes`)."""
+    found: dict[str, dict[str, list[np.ndarray]]] = {}
+    item_group = getattr(method, "item_group", None)
     targets = part.targets
     excluded = part.exclude() if exclude_history else None
     for start in tqdm(range(0, len(part.users), batch_size), desc="retrieve", leave=False, disable=None):
@@ -73,21 +77,22 @@ def _retrieval_ranks(method, part: LabelledPart, n_items: int, k_max: int, mode:
             scores = method.score(hist, None, **kwargs).detach().cpu()
             if scores.shape != (len(hist), n_items):
                 raise EvaluationError(f"score() returned shape {tuple(scores.shape)}, expected [{len(hist)}, {n_items}]")
-            ranks = ranks_from_scores(scores[owner], flat, exclude).numpy() if len(owner) else np.zeros(0)
-            alt = {}
+            ranks = ranks_from_scores(scores[owner], flat, exclude) if len(owner) else torch.zeros(0)
+            rankings = {"": (ranks, ranks, torch.ones(len(ranks)))}  # a score matrix has no collision groups
         else:
             extra = max((len(e) for e in (excluded[rows] if excluded is not None else [])), default=0)
             top = asked_top(method, hist, min(n_items, k_max + extra), kwargs)
-            items, top_scores = top.items.detach().cpu(), top.scores.detach().cpu()
-            ranks = ranks_from_topk(items[owner], top_scores[owner], flat, n_items, exclude)[0].numpy() \
-                if len(owner) else np.zeros(0)
-            alt = {name: ranks_from_topk(i[owner], s[owner], flat, n_items, exclude)[0].numpy()
-                   for name, (i, s) in alternative_rankings(top).items()} if len(owner) else {}
+            lists = {"": (top.items.detach().cpu(), top.scores.detach().cpu()), **alternative_rankings(top)}
+            rankings = {name: (ranks_from_topk(i[owner], s[owner], flat, n_items, exclude)[0],
+                               *group_slots_from_topk(i[owner], s[owner], flat, n_items, item_group, exclude))
+                        for name, (i, s) in lists.items()} if len(owner) else {"": (torch.zeros(0),) * 3}
         bounds = np.cumsum([0] + [len(t) for t in tgt])
-        per_user.extend(ranks[bounds[i]:bounds[i + 1]] for i in range(len(tgt)))
-        for name, values in alt.items():
-            alternatives.setdefault(name, []).extend(values[bounds[i]:bounds[i + 1]] for i in range(len(tgt)))
-    return per_user, alternatives
+        for name, arrays in rankings.items():
+            into = found.setdefault(name, {"ranks": [], "slots": [], "sizes": []})
+            for key, values in zip(("ranks", "slots", "sizes"), arrays):
+                values = values.double().numpy()
+                into[key].extend(values[bounds[i]:bounds[i + 1]] for i in range(len(tgt)))
+    return found
 
 
 def evaluate_labelled(method, part: LabelledPart, n_items: int, ks: Sequence[int], exclude_history: bool = True,
@@ -108,13 +113,16 @@ def evaluate_labelled(method, part: LabelledPart, n_items: int, ks: Sequence[int
             if method.probability_scores:
                 metrics[prefix + "logloss"] = log_loss(flat_labels, np.concatenate(scores))
         if with_retrieval:
-            ranks, alternatives = _retrieval_ranks(method, part, n_items, max(ks), mode, exclude_history, batch_size)
-            retrieval = retrieval_metrics(ranks, ks)
-            per_user.update(retrieval)
-            metrics.update({name: float(np.nanmean(values)) for name, values in retrieval.items()})
-            for name, alt_ranks in alternatives.items():
-                for metric, values in retrieval_metrics(alt_ranks, ks).items():
-                    diagnostics[f"{name}_ranked/{metric}"] = float(np.nanmean(values))
+            found = _retrieval_ranks(method, part, n_items, max(ks), mode, exclude_history, batch_size)
+            for name, got in found.items():
+                retrieval = {**retrieval_metrics(got["ranks"], ks),
+                             **grouped_retrieval_metrics(got["slots"], got["sizes"], ks)}
+                if name:
+                    diagnostics.update({f"{name}_ranked/{metric}": float(np.nanmean(values))
+                                        for metric, values in retrieval.items()})
+                    continue
+                per_user.update(retrieval)
+                metrics.update({metric: float(np.nanmean(values)) for metric, values in retrieval.items()})
     if "auc" in metrics and "recall_auc" in metrics:  # DIG's Table 4: how far the retrieval path lags the ranker
         diagnostics["auc_gap"] = metrics["recall_auc"] - metrics["auc"]
     diagnostics["users_with_positives"] = int(sum(len(t) > 0 for t in part.targets))
